@@ -1,0 +1,1 @@
+"""The ``talkgs`` command: thin entry points over the library."""

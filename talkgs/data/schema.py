@@ -1,0 +1,55 @@
+"""The subject folder format: the only place its file names and label ids are defined.
+
+See docs/subject_format.md for the full description. Bump ``FORMAT_VERSION`` on any change that an
+older reader would misread.
+"""
+
+from __future__ import annotations
+
+from enum import IntEnum
+
+FORMAT_VERSION = 1
+
+MANIFEST = "subject.json"
+FRAMES = "frames.mp4"  # RGB, H.264 4:4:4, constant fps; frame i <-> row i of every per-frame array
+LABELS_VIDEO = "labels.mkv"  # uint8 label ids per pixel, FFV1 (lossless)
+AUDIO = "audio.wav"  # 16 kHz mono PCM, offset-corrected, exactly frames / fps seconds long
+LANDMARKS = "landmarks.npz"  # MediaPipe landmarks in output pixels
+CAMERAS = "cameras.npz"  # intrinsics, per-frame head pose, rigid template
+TRANSFORMS = "transforms.json"  # the same cameras, NeRF-style (OpenGL camera-to-world)
+SIGNALS = "signals.npz"  # blink, mouth opening, lip spread, brow raise, lip boxes
+BACKGROUND = "background.png"  # clean background plate, RGB
+REPORT = "prepare_report.json"
+PREVIEW_DIR = "preview"
+PREVIEW_VIDEO = "preview/overlay.mp4"
+PREVIEW_SHEET = "preview/contact_sheet.png"
+
+
+def audio_features(encoder: str) -> str:
+    """File of one audio encoder's features: float32 [F, 2, D] (two 50 Hz steps per 25 fps frame)."""
+    return f"audio_{encoder}.npy"
+
+
+class Label(IntEnum):
+    """Pixel classes of ``labels.mkv``."""
+
+    BACKGROUND = 0
+    TORSO = 1
+    NECK = 2
+    HAIR = 3  # hair, head top and ears: the part of the head outside the face oval
+    FACE = 4  # face skin inside the face oval (brows included)
+    LIPS = 5
+    MOUTH = 6  # mouth interior: teeth, tongue and cavity inside the inner lip contour
+    EYES = 7  # eyeball (sclera and iris) inside the eyelid contour
+
+
+LABELS = {label.name.lower(): int(label) for label in Label}
+
+#: Labels that make up the head that the static Gaussians model (mouth interior excluded, as in
+#: TalkingGaussian, where a separate branch handles it).
+HEAD_LABELS = (Label.HAIR, Label.FACE, Label.LIPS, Label.EYES)
+#: Labels of the per-frame torso layer that is composited under the head.
+TORSO_LABELS = (Label.TORSO, Label.NECK)
+
+#: Per-frame signals in signals.npz, in the column order of its ``expression`` array.
+EXPRESSION_CHANNELS = ("blink_left", "blink_right", "mouth_open", "lip_spread", "brow_raise")

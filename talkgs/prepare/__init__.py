@@ -1,0 +1,1 @@
+"""Video to subject folder: landmarks, tracking, masks, background, signals, audio features."""

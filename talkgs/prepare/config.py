@@ -1,0 +1,144 @@
+"""Configuration of ``talkgs prepare``: every threshold it uses, with its reason."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+
+@dataclass
+class VideoConfig:
+    fps: float = 25.0
+    """Output frame rate. 25 fps gives exactly two 50 Hz audio-feature steps per frame."""
+    size: int = 512
+    """Side of the square output frames in pixels."""
+    allow_upscale: bool = False
+    """When the chosen crop is smaller than ``size``, keep the crop's own size instead of inventing
+    pixels, unless this is set."""
+    crf: int = 12
+    """x264 constant rate factor of frames.mp4 (<= 12 keeps it visually lossless)."""
+    x264_preset: str = "medium"
+    """x264 speed preset of frames.mp4."""
+    min_duration_s: float = 3.0
+    """Shorter videos are refused: below about 3 s there are too few frames for a held-out split
+    and for the audio-video offset estimate."""
+    sample_rate: int = 16000
+    """Sample rate of audio.wav, as every supported audio encoder expects."""
+    detect_max_side: int = 1280
+    """Frames are downscaled to at most this side for landmark detection; MediaPipe looks at the
+    face at 192-256 px anyway, so larger frames only cost decoding time."""
+
+
+@dataclass
+class FaceConfig:
+    max_faces: int = 4
+    """Faces MediaPipe looks for in each frame; the subject is chosen among them."""
+    min_detection_confidence: float = 0.5
+    min_tracking_confidence: float = 0.5
+    selection_frames: int = 15
+    """The subject is the largest, most central face over this many first frames with a face."""
+    max_jump: float = 0.5
+    """A face more than this many face heights away from the subject's last position is someone
+    else, and the frame counts as having no face."""
+    max_missing_fraction: float = 0.05
+    """More frames than this without the subject's face stop prepare, naming the time ranges."""
+    crop_scale: float = 2.4
+    """Side of the square crop in face heights (forehead to chin): leaves room for hair above
+    and for the neck and shoulders below."""
+    crop_offset_y: float = 0.12
+    """The crop centre sits this fraction of the crop side below the face centre, so the
+    shoulders get more room than the space above the hair."""
+    crop_motion_margin: float = 0.15
+    """Extra room, in face heights, around the union of all face boxes of the video."""
+
+
+@dataclass
+class TrackingConfig:
+    iterations: int = 40
+    """Levenberg-Marquardt iterations of the bundle adjustment."""
+    huber_px: float = 2.0
+    """Residuals above this many pixels count linearly (robust to landmark outliers)."""
+    template_prior_m: float = 0.004
+    """Standard deviation in metres of the template around its MediaPipe initialisation; fixes the
+    gauge (scale, rotation, origin) and keeps the template plausible."""
+    focal_prior_fov_deg: float = 24.0
+    """Prior horizontal field of view of the source camera. Landmarks alone determine the focal
+    length poorly (MediaPipe's depth is nearly weak-perspective), so a plausible-FOV prior
+    regularises it."""
+    focal_prior_sigma: float = 0.35
+    """Standard deviation of the focal-length prior, in log units (0.35 is a factor of 1.4)."""
+    eye_width_m: float = 0.09
+    """Outer-eye-corner distance that sets the metric scale of the head template (adult mean)."""
+    smooth_rotation: float = 4.0
+    """Whittaker smoothing weight on the second difference of the rotation, per frame. A penalised
+    least-squares smoother is zero-phase: it removes jitter without adding lag."""
+    smooth_translation: float = 4.0
+    """The same for the translation."""
+    cut_sigma: float = 8.0
+    """A frame-to-frame pose change this many robust standard deviations above the typical one
+    (and above ``cut_min_px``) is a cut in the video; smoothing never crosses a cut."""
+    cut_min_px: float = 6.0
+    """Minimum mean landmark displacement in output pixels for a cut."""
+
+
+@dataclass
+class MaskConfig:
+    person_threshold: float = 0.5
+    """Selfie-segmentation probability above which a pixel belongs to the person."""
+    neck_half_width: float = 0.42
+    """Half width of the neck band below the jaw, in face widths."""
+    neck_length: float = 0.55
+    """Length of the neck band below the chin, in face heights."""
+
+
+@dataclass
+class BackgroundConfig:
+    samples: int = 48
+    """Frames, evenly spread, whose background pixels make the plate."""
+    person_margin_px: int = 6
+    """Pixels this close to the person are not trusted as background (segmentation halo)."""
+    inpaint_radius_px: int = 5
+    """Radius of OpenCV's inpainting for plate pixels never seen as background."""
+
+
+@dataclass
+class SignalConfig:
+    open_percentile: float = 90.0
+    """An eye as open as this percentile of the video counts as fully open (openness 1)."""
+    closed_percentile: float = 1.0
+    """An eye this closed counts as shut (openness 0) ..."""
+    closed_ratio_max: float = 0.35
+    """... but never above this fraction of the open value, so a video without blinks does not
+    stretch noise to the full range."""
+
+
+@dataclass
+class AudioConfig:
+    encoders: tuple[str, ...] = ("mel", "phonemes")
+    """Audio features to compute: any of mel, phonemes, hubert, wav2vec2."""
+    hubert_model: str = "facebook/hubert-large-ls960-ft"
+    """Hugging Face id or local folder of the HuBERT checkpoint (TalkingGaussian's default)."""
+    wav2vec2_model: str = "facebook/wav2vec2-base-960h"
+    """Hugging Face id or local folder of the wav2vec2 CTC checkpoint."""
+    local_files_only: bool = True
+    """Load weights from the local cache or folder only; never download during prepare."""
+    n_mels: int = 80
+    """Bands of the log-mel encoder."""
+    av_offset: str = "auto"
+    """"auto" to estimate the audio-video offset and correct it, or a whole number of frames."""
+    max_offset_frames: int = 8
+    """Offsets searched by the estimator, in frames either way."""
+
+
+@dataclass
+class PrepareConfig:
+    video: VideoConfig = field(default_factory=VideoConfig)
+    face: FaceConfig = field(default_factory=FaceConfig)
+    tracking: TrackingConfig = field(default_factory=TrackingConfig)
+    masks: MaskConfig = field(default_factory=MaskConfig)
+    background: BackgroundConfig = field(default_factory=BackgroundConfig)
+    signals: SignalConfig = field(default_factory=SignalConfig)
+    audio: AudioConfig = field(default_factory=AudioConfig)
+    test_fraction: float = 1.0 / 11.0
+    """The last this fraction of frames is held out for testing (the standard protocol)."""
+    preview: bool = False
+    """Also write preview/overlay.mp4 and preview/contact_sheet.png."""

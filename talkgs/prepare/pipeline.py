@@ -1,0 +1,291 @@
+"""``talkgs prepare``: a raw talking video in, a tracked and segmented subject folder out.
+
+Two streaming passes over the video, so memory stays flat in its length:
+1. landmarks on the source frames, which fix the one crop for the whole video;
+2. the cropped frames: segmentation, label maps, encoding, background samples, preview.
+Between them run the per-frame computations that need every frame's landmarks but no pixels:
+head tracking, expression signals, the audio-video offset and the audio features.
+Everything is written to a staging folder and moved into place at the end.
+"""
+
+from __future__ import annotations
+
+import json
+import resource
+import time
+from pathlib import Path
+
+import numpy as np
+
+import talkgs
+from talkgs.data import schema
+from talkgs.errors import TalkgsError
+from talkgs.prepare import audio as audio_features
+from talkgs.prepare.background import BackgroundPlate, sample_indices
+from talkgs.prepare.config import PrepareConfig
+from talkgs.prepare.landmarks import FaceMeshDetector, SubjectFollower, choose_crop, fill_gaps
+from talkgs.prepare.masks import LabelMapper, PersonSegmenter
+from talkgs.prepare.signals import compute_signals
+from talkgs.prepare.sync import energy_envelope, estimate_offset, shift_audio
+from talkgs.prepare.topology import RIGID
+from talkgs.prepare.tracking import track_head
+from talkgs.utils import log, media
+from talkgs.utils.config import to_dict
+from talkgs.utils.fs import StagingDir, check_destination
+
+
+class _Timer:
+    def __init__(self):
+        self.stages: dict[str, float] = {}
+        self._t = time.perf_counter()
+
+    def lap(self, name: str) -> None:
+        now = time.perf_counter()
+        self.stages[name] = round(now - self._t, 3)
+        self._t = now
+
+
+def _old_files(out: Path) -> list[str]:
+    """Files an earlier prepare wrote into ``out`` (so a --force run can drop the ones it no longer makes)."""
+    try:
+        return list(json.loads((out / schema.MANIFEST).read_text()).get("files", []))
+    except (OSError, ValueError, AttributeError):
+        return []
+
+
+def _detect(video: Path, info: media.VideoInfo, cfg: PrepareConfig) -> tuple[np.ndarray, np.ndarray, int]:
+    """Pass 1: the subject's landmarks [F, 478, 3] in source pixels, found [F], most faces in a frame."""
+    w, h = info.width, info.height
+    ds = min(1.0, cfg.video.detect_max_side / max(w, h))
+    dw, dh = (w, h) if ds == 1.0 else (int(round(w * ds / 2)) * 2, int(round(h * ds / 2)) * 2)
+    filters = "" if ds == 1.0 else f"scale={dw}:{dh}:flags=area"
+    detector = FaceMeshDetector(cfg.face)
+    follower = SubjectFollower(cfg.face, (w, h))
+    subject: list[np.ndarray | None] = []
+    expected = int(round(info.duration * cfg.video.fps)) or None
+    try:
+        frames = media.read_frames(video, (dw, dh), fps=cfg.video.fps, filters=filters)
+        for frame in log.progress(frames, total=expected, desc="landmarks", unit="frame"):
+            subject.extend(follower.push(detector(frame, scale=w / dw)))
+        subject.extend(follower.flush())
+    finally:
+        detector.close()
+    found = np.array([s is not None for s in subject], bool)
+    pts = np.zeros((len(subject), 478, 3), np.float32)
+    for i, s in enumerate(subject):
+        if s is not None:
+            pts[i] = s
+    return pts, found, follower.max_faces_seen
+
+
+def prepare(video: str | Path, out: str | Path, cfg: PrepareConfig | None = None, force: bool = False) -> dict:
+    """Prepare ``video`` into the subject folder ``out``; returns the report (also written there)."""
+    cfg = cfg or PrepareConfig()
+    video, out = Path(video), Path(out)
+    start = time.perf_counter()
+    timer = _Timer()
+    fps, sr = cfg.video.fps, cfg.video.sample_rate
+
+    info = media.probe_video(video)
+    check_destination(out, force, "subject folder")
+    if out.resolve() == video.resolve().parent and not force:
+        raise TalkgsError(f"{out} is the folder of the video itself; choose another output folder")
+    encoders = list(dict.fromkeys(cfg.audio.encoders))
+    for enc in encoders:  # fail on a missing checkpoint now, not after minutes of work
+        audio_features.feature_dim(enc, cfg.audio)
+    if cfg.audio.av_offset != "auto":
+        try:
+            int(cfg.audio.av_offset)
+        except ValueError:
+            raise TalkgsError(
+                f"--av-offset must be 'auto' or a whole number of frames, got {cfg.audio.av_offset!r}"
+            ) from None
+    if 0 < info.duration < cfg.video.min_duration_s:
+        raise TalkgsError(f"{video} is {info.duration:.1f} s long; talkgs needs at least "
+                          f"{cfg.video.min_duration_s:g} s of video")
+    log.info(f"{video.name}: {info.width}x{info.height}, {info.fps:g} fps, {info.duration:.1f} s"
+             + ("" if info.has_audio else ", no audio"))
+
+    # -- pass 1: landmarks, the subject, the crop --------------------------------------------------
+    pts_src, found, max_faces = _detect(video, info, cfg)
+    num = len(found)
+    if num / fps < cfg.video.min_duration_s:
+        raise TalkgsError(f"{video} has {num} frames ({num / fps:.1f} s at {fps:g} fps); talkgs needs at least "
+                          f"{cfg.video.min_duration_s:g} s of video")
+    if not found.any():
+        raise TalkgsError(f"no face found in {video}")
+    pts_src = fill_gaps(pts_src, found, fps, cfg.face)
+    crop = choose_crop(pts_src, (info.width, info.height), cfg.video.size, cfg.video.allow_upscale, cfg.face)
+    size = crop.out_size
+    pts = crop.to_output(pts_src).astype(np.float32)  # [F, 478, 3] output pixels
+    timer.lap("landmarks")
+
+    # -- tracking and signals ----------------------------------------------------------------------
+    principal = tuple(crop.to_output(np.array([[info.width / 2, info.height / 2]]))[0])
+    track = track_head(pts[..., :2], pts, principal, info.width * crop.scale, cfg.tracking)
+    sig = compute_signals(track.landmarks3d, pts, cfg.signals)
+    timer.lap("tracking")
+
+    # -- audio -------------------------------------------------------------------------------------
+    samples = media.read_audio(video, sr) if info.has_audio else None
+    offset = None
+    applied = 0
+    if samples is None:
+        log.warn("the video has no audio track: prepare goes on, but talkgs fit will need audio")
+        encoders = []
+    else:
+        n = int(round(num / fps * sr))
+        samples = np.pad(samples[:n], (0, max(0, n - len(samples))))
+        if np.sqrt(np.mean(samples.astype(np.float64) ** 2)) < 1e-4:
+            log.warn("the audio track is silent: the audio-driven model will have nothing to learn from")
+        offset = estimate_offset(sig["mouth_open"], energy_envelope(samples, sr, num, fps), fps,
+                                 cfg.audio.max_offset_frames)
+        applied = offset.frames if cfg.audio.av_offset == "auto" else int(cfg.audio.av_offset)
+        samples = shift_audio(samples, applied, sr, fps)
+        log.info(f"audio-video offset: {offset.frames:+d} frames measured (audio "
+                 f"{'late' if offset.frames > 0 else 'early' if offset.frames < 0 else 'in sync'}), "
+                 f"{applied:+d} applied")
+    feats = {}
+    for enc in encoders:
+        feats[enc] = audio_features.encode_audio(enc, samples, num, fps, cfg.audio, sample_rate=sr)
+    timer.lap("audio")
+
+    n_test = max(1, int(round(num * cfg.test_fraction)))
+    test = (num - n_test, num)
+
+    with StagingDir(out, stale=_old_files(out)) as tmp:
+        # -- pass 2: cropped frames, labels, background, preview -------------------------------------
+        plate = BackgroundPlate(size, cfg.background)
+        plate_at = set(sample_indices(num, cfg.background.samples).tolist())
+        segmenter = PersonSegmenter()
+        mapper = LabelMapper(size, cfg.masks)
+        preview = None
+        if cfg.preview:
+            from talkgs.prepare.preview import PreviewWriter
+
+            (tmp / schema.PREVIEW_DIR).mkdir()
+            preview = PreviewWriter(tmp / schema.PREVIEW_VIDEO, size, fps, num, track.K, track.R, track.t, sig)
+        written = 0
+        try:
+            with media.VideoWriter(tmp / schema.FRAMES, (size, size), fps, "rgb", cfg.video.crf,
+                                   cfg.video.x264_preset) as frames_out, \
+                    media.VideoWriter(tmp / schema.LABELS_VIDEO, (size, size), fps, "labels") as labels_out:
+                stream = media.read_frames(video, (size, size), fps=fps, filters=crop.ffmpeg_filter())
+                for i, frame in enumerate(log.progress(stream, total=num, desc="frames", unit="frame")):
+                    if i >= num:
+                        break
+                    labels = mapper(segmenter(frame), pts[i])
+                    frames_out.write(frame)
+                    labels_out.write(labels)
+                    if i in plate_at:
+                        plate.add(frame, labels)
+                    if preview is not None:
+                        preview.add(i, frame, labels, pts[i])
+                    written += 1
+        finally:
+            segmenter.close()
+        if written != num:
+            raise TalkgsError(f"the video gave {written} frames on the second read, {num} on the first; "
+                              "it may be damaged")
+        background, inpainted = plate.finish()
+        timer.lap("frames")
+
+        # -- arrays, manifest, report ---------------------------------------------------------------
+        import cv2
+
+        cv2.imwrite(str(tmp / schema.BACKGROUND), cv2.cvtColor(background, cv2.COLOR_RGB2BGR))
+        w2c = np.tile(np.eye(4), (num, 1, 1))
+        w2c[:, :3, :3] = track.R
+        w2c[:, :3, 3] = track.t
+        c2w = np.linalg.inv(w2c)
+        np.savez(tmp / schema.CAMERAS, K=track.K, w2c=w2c, c2w=c2w, template=track.template,
+                 rigid=np.array(RIGID), cuts=np.array(track.cuts, np.int64))
+        np.savez_compressed(tmp / schema.LANDMARKS, points=pts, found=found)
+        np.savez(tmp / schema.SIGNALS, **sig)
+        files = [schema.FRAMES, schema.LABELS_VIDEO, schema.LANDMARKS, schema.CAMERAS, schema.TRANSFORMS,
+                 schema.SIGNALS, schema.BACKGROUND, schema.REPORT]
+        if samples is not None:
+            media.write_wav(tmp / schema.AUDIO, samples, sr)
+            files.append(schema.AUDIO)
+        for enc, f in feats.items():
+            np.save(tmp / schema.audio_features(enc), f)
+            files.append(schema.audio_features(enc))
+        _write_transforms(tmp / schema.TRANSFORMS, track.K, c2w, size, fps, test)
+        if preview is not None:
+            title = (f"{video.name}  {num} frames @ {fps:g} fps  {size}px  f={track.K[0, 0]:.0f}px  "
+                     f"rmse={track.rmse_px:.2f}px  av={applied:+d}")
+            preview.finish(tmp / schema.PREVIEW_SHEET, track.cuts, test, title)
+            files += [schema.PREVIEW_VIDEO, schema.PREVIEW_SHEET]
+        timer.lap("write")
+
+        report = {
+            "frames": num,
+            "fps": fps,
+            "size": size,
+            "duration_s": round(num / fps, 3),
+            "seconds": None,
+            "reprojection_rmse_px": round(track.rmse_px, 4),
+            "reprojection_rmse_unsmoothed_px": round(track.rmse_raw_px, 4),
+            "focal_px": round(float(track.K[0, 0]), 3),
+            "frames_without_face": int((~found).sum()),
+            "faces_max": int(max_faces),
+            "av_offset_frames": None if offset is None else offset.frames,
+            "av_offset_fine_frames": None if offset is None else round(offset.frames_fine, 3),
+            "av_offset_corr": None if offset is None else round(offset.corr, 4),
+            "av_offset_applied_frames": applied,
+            "audio_encoders": encoders,
+            "has_audio": samples is not None,
+            "crop": [crop.x, crop.y, crop.side, crop.side],
+            "test_frames": list(test),
+            "cuts": list(track.cuts),
+            "jitter_mm": {"before": round(track.jitter_before, 4), "after": round(track.jitter_after, 4)},
+            "background_inpainted_fraction": round(inpainted, 4),
+            "source": {"path": str(video), "width": info.width, "height": info.height, "fps": info.fps,
+                       "duration_s": info.duration, "codec": info.codec},
+            "stage_seconds": timer.stages,
+            "peak_rss_mb": None,
+        }
+        manifest = {
+            "format_version": schema.FORMAT_VERSION,
+            "talkgs_version": talkgs.__version__,
+            "num_frames": num,
+            "fps": fps,
+            "size": size,
+            "crop": report["crop"],
+            "camera": {"convention": "opencv", "world": "canonical head space, metres",
+                       "K": track.K.tolist()},
+            "split": {"train": [0, test[0]], "test": list(test)},
+            "audio": {"file": schema.AUDIO if samples is not None else None, "sample_rate": sr,
+                      "av_offset_applied_frames": applied,
+                      "encoders": {e: {"file": schema.audio_features(e), "dim": int(f.shape[-1])}
+                                   for e, f in feats.items()},
+                      "steps_per_frame": 2},
+            "labels": schema.LABELS,
+            "expression_channels": list(schema.EXPRESSION_CHANNELS),
+            "files": files,
+            "config": to_dict(cfg),
+        }
+        (tmp / schema.MANIFEST).write_text(json.dumps(manifest, indent=1))
+        report["seconds"] = round(time.perf_counter() - start, 3)
+        report["peak_rss_mb"] = round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1)
+        (tmp / schema.REPORT).write_text(json.dumps(report, indent=1))
+    log.info(f"wrote {out} ({num} frames, {size}px, rmse {track.rmse_px:.2f} px) in {report['seconds']:.1f} s")
+    return report
+
+
+def _write_transforms(path: Path, K: np.ndarray, c2w: np.ndarray, size: int, fps: float,
+                      test: tuple[int, int]) -> None:
+    """NeRF-style transforms.json: OpenGL camera-to-world (x right, y up, z back) per frame."""
+    flip = np.diag([1.0, -1.0, -1.0, 1.0])
+    frames = [
+        {"frame_index": i, "time": round(i / fps, 6), "split": "test" if test[0] <= i < test[1] else "train",
+         "transform_matrix": (c2w[i] @ flip).round(8).tolist()}
+        for i in range(len(c2w))
+    ]
+    data = {
+        "camera_model": "PINHOLE",
+        "convention": "camera-to-world, OpenGL camera axes; world = canonical head space (metres)",
+        "fl_x": float(K[0, 0]), "fl_y": float(K[1, 1]), "cx": float(K[0, 2]), "cy": float(K[1, 2]),
+        "w": size, "h": size, "fps": fps, "frames_file": schema.FRAMES, "frames": frames,
+    }
+    path.write_text(json.dumps(data))

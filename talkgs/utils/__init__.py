@@ -1,0 +1,1 @@
+"""Small shared helpers: configs, media I/O, file staging, console output."""

@@ -1,0 +1,160 @@
+"""Typed dataclass configs read from and written to YAML.
+
+Dataclass defaults are the source of truth; a preset in configs/ or a saved run config only lists
+the fields it changes. Unknown keys and values of the wrong type are refused with one readable line,
+so a typo in a preset never silently falls back to a default.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import types
+import typing
+from pathlib import Path
+from typing import Any, TypeVar
+
+from talkgs.errors import TalkgsError
+
+T = TypeVar("T")
+
+#: Where named presets live: the repository's configs/ folder, or $TALKGS_CONFIGS.
+PRESET_DIR = Path(os.environ.get("TALKGS_CONFIGS", Path(__file__).resolve().parents[2] / "configs"))
+
+
+def to_dict(cfg: Any) -> dict:
+    """A plain, YAML-ready dict of a (nested) dataclass config."""
+    out = {}
+    for f in dataclasses.fields(cfg):
+        v = getattr(cfg, f.name)
+        if dataclasses.is_dataclass(v):
+            v = to_dict(v)
+        elif isinstance(v, tuple):
+            v = list(v)
+        out[f.name] = v
+    return out
+
+
+def _coerce(tp: Any, value: Any, where: str) -> Any:
+    origin = typing.get_origin(tp)
+    args = typing.get_args(tp)
+    if dataclasses.is_dataclass(tp):
+        if not isinstance(value, dict):
+            raise TalkgsError(f"config: {where} must be a mapping, got {value!r}")
+        return from_dict(tp, value, where)
+    if origin in (typing.Union, types.UnionType):
+        if value is None and type(None) in args:
+            return None
+        errors = []
+        for a in args:
+            if a is type(None):
+                continue
+            try:
+                return _coerce(a, value, where)
+            except TalkgsError as e:
+                errors.append(str(e))
+        raise TalkgsError(errors[0] if errors else f"config: bad value for {where}: {value!r}")
+    if origin is typing.Literal:
+        if value not in args:
+            raise TalkgsError(f"config: {where} must be one of {list(args)}, got {value!r}")
+        return value
+    if origin in (tuple, list):
+        if not isinstance(value, (list, tuple)):
+            raise TalkgsError(f"config: {where} must be a list, got {value!r}")
+        if origin is tuple and args and args[-1] is not Ellipsis:
+            if len(args) != len(value):
+                raise TalkgsError(f"config: {where} must have {len(args)} items, got {len(value)}")
+            return tuple(_coerce(a, v, f"{where}[{i}]") for i, (a, v) in enumerate(zip(args, value)))
+        item = args[0] if args else Any
+        seq = [_coerce(item, v, f"{where}[{i}]") for i, v in enumerate(value)]
+        return tuple(seq) if origin is tuple else seq
+    if tp is Any:
+        return value
+    if tp is float and isinstance(value, int) and not isinstance(value, bool):
+        return float(value)
+    if tp in (int, float, str, bool):
+        if not isinstance(value, tp) or (tp is int and isinstance(value, bool)):
+            raise TalkgsError(f"config: {where} must be {tp.__name__}, got {value!r}")
+        return value
+    return value
+
+
+def from_dict(cls: type[T], data: dict, where: str = "") -> T:
+    """Build dataclass ``cls`` from a (partial) dict, keeping defaults for missing fields."""
+    hints = typing.get_type_hints(cls)
+    names = {f.name for f in dataclasses.fields(cls)}
+    unknown = sorted(set(data) - names)
+    if unknown:
+        prefix = f"{where}." if where else ""
+        raise TalkgsError(f"config: unknown field(s) {', '.join(prefix + u for u in unknown)}")
+    kwargs = {}
+    for name, value in data.items():
+        kwargs[name] = _coerce(hints[name], value, f"{where}.{name}" if where else name)
+    base = cls()
+    return dataclasses.replace(base, **kwargs)
+
+
+def merge(cfg: T, data: dict, where: str = "") -> T:
+    """A copy of ``cfg`` with the fields in ``data`` replaced; nested dataclasses merge recursively."""
+    hints = typing.get_type_hints(type(cfg))
+    names = {f.name for f in dataclasses.fields(cfg)}
+    unknown = sorted(set(data) - names)
+    if unknown:
+        prefix = f"{where}." if where else ""
+        raise TalkgsError(f"config: unknown field(s) {', '.join(prefix + u for u in unknown)}")
+    kwargs = {}
+    for name, value in data.items():
+        sub = f"{where}.{name}" if where else name
+        current = getattr(cfg, name)
+        if dataclasses.is_dataclass(current) and isinstance(value, dict):
+            kwargs[name] = merge(current, value, sub)
+        else:
+            kwargs[name] = _coerce(hints[name], value, sub)
+    return dataclasses.replace(cfg, **kwargs)
+
+
+def load_yaml(path: str | os.PathLike) -> dict:
+    import yaml
+
+    path = Path(path)
+    try:
+        data = yaml.safe_load(path.read_text())
+    except FileNotFoundError:
+        raise TalkgsError(f"config file not found: {path}") from None
+    except yaml.YAMLError as e:
+        raise TalkgsError(f"config file {path} is not valid YAML: {str(e).splitlines()[0]}") from None
+    if data is None:
+        return {}
+    if not isinstance(data, dict):
+        raise TalkgsError(f"config file {path} must hold a mapping at the top level")
+    return data
+
+
+def save_yaml(data: dict, path: str | os.PathLike) -> None:
+    import yaml
+
+    Path(path).write_text(yaml.safe_dump(data, sort_keys=False))
+
+
+def resolve_preset(name_or_path: str) -> Path:
+    """A preset name (``cpu``, ``tiny``, ``quality``) or a path to a YAML file."""
+    p = Path(name_or_path)
+    if p.suffix in (".yaml", ".yml") or p.exists():
+        if not p.is_file():
+            raise TalkgsError(f"config file not found: {p}")
+        return p
+    candidate = PRESET_DIR / f"{name_or_path}.yaml"
+    if not candidate.is_file():
+        known = sorted(q.stem for q in PRESET_DIR.glob("*.yaml")) if PRESET_DIR.is_dir() else []
+        raise TalkgsError(
+            f"unknown config preset {name_or_path!r}" + (f" (known: {', '.join(known)})" if known else "")
+        )
+    return candidate
+
+
+def load_section(cls: type[T], name_or_path: str | None, section: str) -> T:
+    """The ``section`` of a preset or YAML file as a ``cls`` config (defaults when None)."""
+    if name_or_path is None:
+        return cls()
+    data = load_yaml(resolve_preset(name_or_path))
+    return from_dict(cls, data.get(section) or {}, section)

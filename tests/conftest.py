@@ -1,0 +1,59 @@
+"""Shared fixtures: the bundled demo clip, the real footage in ../shared/data, small derived clips."""
+
+from __future__ import annotations
+
+import subprocess
+from pathlib import Path
+
+import pytest
+
+from talkgs.prepare.config import PrepareConfig
+from talkgs.utils.config import load_section
+from talkgs.utils.media import ffmpeg_exe
+
+ROOT = Path(__file__).resolve().parents[1]
+DEMO = ROOT / "assets" / "obama2010_pd_en_20s_256.mp4"
+SHARED = ROOT.parent / "shared" / "data"
+
+
+def shared_file(rel: str) -> Path:
+    """A file of ../shared/data, or skip the test with the reason."""
+    path = SHARED / rel
+    if not path.is_file():
+        pytest.skip(f"needs the real footage ../shared/data/{rel}, absent in this checkout")
+    return path
+
+
+def ffmpeg(*args: str) -> None:
+    subprocess.run([ffmpeg_exe(), "-nostdin", "-v", "error", "-y", *args], check=True)
+
+
+def tiny_config(**prepare_overrides) -> PrepareConfig:
+    from talkgs.utils.config import merge
+
+    return merge(load_section(PrepareConfig, "tiny", "prepare"), prepare_overrides)
+
+
+@pytest.fixture(scope="session")
+def clip_dir(tmp_path_factory) -> Path:
+    return tmp_path_factory.mktemp("clips")
+
+
+@pytest.fixture(scope="session")
+def demo_subject(tmp_path_factory) -> tuple[Path, dict]:
+    """The demo clip prepared once with the tiny preset (128 px) and a preview."""
+    from talkgs.prepare.pipeline import prepare
+
+    out = tmp_path_factory.mktemp("subjects") / "demo"
+    report = prepare(DEMO, out, tiny_config(preview=True))
+    return out, report
+
+
+@pytest.fixture(scope="session")
+def wide_subject(tmp_path_factory) -> tuple[Path, dict]:
+    """The wide 960x540 shot (not square) prepared with the tiny preset."""
+    from talkgs.prepare.pipeline import prepare
+
+    video = shared_file("video/obama_pd_8s_960x540.mp4")
+    out = tmp_path_factory.mktemp("subjects") / "wide"
+    return out, prepare(video, out, tiny_config())
