@@ -13,8 +13,10 @@ from __future__ import annotations
 import json
 import resource
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
+import cv2
 import numpy as np
 
 import talkgs
@@ -23,11 +25,12 @@ from talkgs.errors import TalkgsError
 from talkgs.prepare import audio as audio_features
 from talkgs.prepare.background import BackgroundPlate, sample_indices
 from talkgs.prepare.config import PrepareConfig
+from talkgs.prepare.flow import MotionCheck, klt
 from talkgs.prepare.landmarks import FaceMeshDetector, SubjectFollower, choose_crop, fill_gaps
 from talkgs.prepare.masks import LabelMapper, PersonSegmenter
 from talkgs.prepare.signals import compute_signals
 from talkgs.prepare.sync import energy_envelope, estimate_offset, shift_audio
-from talkgs.prepare.topology import RIGID
+from talkgs.prepare.topology import MOTION_CHECK, RIGID
 from talkgs.prepare.tracking import track_head
 from talkgs.utils import log, media
 from talkgs.utils.config import to_dict
@@ -53,21 +56,54 @@ def _old_files(out: Path) -> list[str]:
         return []
 
 
-def _detect(video: Path, info: media.VideoInfo, cfg: PrepareConfig) -> tuple[np.ndarray, np.ndarray, int]:
-    """Pass 1: the subject's landmarks [F, 478, 3] in source pixels, found [F], most faces in a frame."""
+@dataclass
+class _Detections:
+    """Pass 1 results, in source pixels."""
+
+    points: np.ndarray  # [F, 478, 3] the subject's landmarks (zeros where not found)
+    found: np.ndarray  # [F] bool
+    flow: np.ndarray  # [F, P, 2] KLT motion of the rigid landmarks from frame i-1 to i
+    flow_valid: np.ndarray  # [F, P] bool
+    max_faces: int
+
+
+def _detect(video: Path, info: media.VideoInfo, cfg: PrepareConfig) -> _Detections:
+    """Pass 1: the subject's landmarks, and the optical flow of its rigid points between frames."""
     w, h = info.width, info.height
     ds = min(1.0, cfg.video.detect_max_side / max(w, h))
     dw, dh = (w, h) if ds == 1.0 else (int(round(w * ds / 2)) * 2, int(round(h * ds / 2)) * 2)
     filters = "" if ds == 1.0 else f"scale={dw}:{dh}:flags=area"
+    scale = w / dw  # source pixels per detection pixel
     detector = FaceMeshDetector(cfg.face)
     follower = SubjectFollower(cfg.face, (w, h))
     subject: list[np.ndarray | None] = []
+    flow: list[np.ndarray] = []
+    valid: list[np.ndarray] = []
+    grays: dict[int, np.ndarray] = {}  # frames whose flow into the next frame is still to be measured
+    rigid = list(RIGID)
+
+    def decided(faces: list[np.ndarray | None]) -> None:
+        # The follower decides frames in order, possibly a few frames late (subject selection).
+        for lm in faces:
+            j = len(subject)
+            subject.append(lm)
+            prev = subject[j - 1] if j else None
+            if prev is None:
+                flow.append(np.zeros((len(rigid), 2)))
+                valid.append(np.zeros(len(rigid), bool))
+            else:
+                d, v = klt(grays[j - 1], grays[j], prev[rigid, :2] / scale, cfg.tracking.flow_fb_max_px)
+                flow.append(d * scale)
+                valid.append(v)
+            grays.pop(j - 1, None)
+
     expected = int(round(info.duration * cfg.video.fps)) or None
     try:
         frames = media.read_frames(video, (dw, dh), fps=cfg.video.fps, filters=filters)
-        for frame in log.progress(frames, total=expected, desc="landmarks", unit="frame"):
-            subject.extend(follower.push(detector(frame, scale=w / dw)))
-        subject.extend(follower.flush())
+        for k, frame in enumerate(log.progress(frames, total=expected, desc="landmarks", unit="frame")):
+            grays[k] = cv2.cvtColor(frame, cv2.COLOR_RGB2GRAY)
+            decided(follower.push(detector(frame, scale=scale)))
+        decided(follower.flush())
     finally:
         detector.close()
     found = np.array([s is not None for s in subject], bool)
@@ -75,7 +111,8 @@ def _detect(video: Path, info: media.VideoInfo, cfg: PrepareConfig) -> tuple[np.
     for i, s in enumerate(subject):
         if s is not None:
             pts[i] = s
-    return pts, found, follower.max_faces_seen
+    return _Detections(pts, found, np.array(flow).reshape(-1, len(rigid), 2),
+                       np.array(valid).reshape(-1, len(rigid)), follower.max_faces_seen)
 
 
 def prepare(video: str | Path, out: str | Path, cfg: PrepareConfig | None = None, force: bool = False) -> dict:
@@ -107,7 +144,8 @@ def prepare(video: str | Path, out: str | Path, cfg: PrepareConfig | None = None
              + ("" if info.has_audio else ", no audio"))
 
     # -- pass 1: landmarks, the subject, the crop --------------------------------------------------
-    pts_src, found, max_faces = _detect(video, info, cfg)
+    det = _detect(video, info, cfg)
+    pts_src, found, max_faces = det.points, det.found, det.max_faces
     num = len(found)
     if num / fps < cfg.video.min_duration_s:
         raise TalkgsError(f"{video} has {num} frames ({num / fps:.1f} s at {fps:g} fps); talkgs needs at least "
@@ -122,7 +160,10 @@ def prepare(video: str | Path, out: str | Path, cfg: PrepareConfig | None = None
 
     # -- tracking and signals ----------------------------------------------------------------------
     principal = tuple(crop.to_output(np.array([[info.width / 2, info.height / 2]]))[0])
-    track = track_head(pts[..., :2], pts, principal, info.width * crop.scale, cfg.tracking)
+    # Interpolated frames have no flow of their own, and flow into or out of them is meaningless.
+    flow_valid = det.flow_valid & found[:, None] & np.concatenate([[False], found[:-1]])[:, None]
+    track = track_head(pts[..., :2], pts, principal, info.width * crop.scale, cfg.tracking,
+                       flow=det.flow * crop.scale, flow_valid=flow_valid)
     sig = compute_signals(track.landmarks3d, pts, cfg.signals)
     timer.lap("tracking")
 
@@ -165,6 +206,15 @@ def prepare(video: str | Path, out: str | Path, cfg: PrepareConfig | None = None
 
             (tmp / schema.PREVIEW_DIR).mkdir()
             preview = PreviewWriter(tmp / schema.PREVIEW_VIDEO, size, fps, num, track.K, track.R, track.t, sig)
+        # Optical-flow check of the tracked motion at points the tracker never used.
+        check = MotionCheck(cfg.tracking.flow_fb_max_px)
+        check_idx = list(MOTION_CHECK)
+        cam = np.einsum("fij,pj->fpi", track.R, track.template[check_idx]) + track.t[:, None]  # [F, P, 3]
+        check_uv = np.einsum("ij,fpj->fpi", track.K, cam)
+        check_uv = check_uv[..., :2] / check_uv[..., 2:]  # [F, P, 2]
+        check_at = found & np.concatenate([[False], found[:-1]])
+        check_at[track.cuts] = False
+        prev_gray = None
         written = 0
         try:
             with media.VideoWriter(tmp / schema.FRAMES, (size, size), fps, "rgb", cfg.video.crf,
@@ -181,6 +231,11 @@ def prepare(video: str | Path, out: str | Path, cfg: PrepareConfig | None = None
                         plate.add(frame, labels)
                     if preview is not None:
                         preview.add(i, frame, labels, pts[i])
+                    gray = cv2.cvtColor(frame, cv2.COLOR_RGB2GRAY)
+                    if check_at[i]:
+                        check.add(prev_gray, gray, check_uv[i - 1], check_uv[i], pts[i - 1, check_idx, :2],
+                                  pts[i, check_idx, :2])
+                    prev_gray = gray
                     written += 1
         finally:
             segmenter.close()
@@ -191,8 +246,6 @@ def prepare(video: str | Path, out: str | Path, cfg: PrepareConfig | None = None
         timer.lap("frames")
 
         # -- arrays, manifest, report ---------------------------------------------------------------
-        import cv2
-
         cv2.imwrite(str(tmp / schema.BACKGROUND), cv2.cvtColor(background, cv2.COLOR_RGB2BGR))
         w2c = np.tile(np.eye(4), (num, 1, 1))
         w2c[:, :3, :3] = track.R
@@ -238,7 +291,7 @@ def prepare(video: str | Path, out: str | Path, cfg: PrepareConfig | None = None
             "crop": [crop.x, crop.y, crop.side, crop.side],
             "test_frames": list(test),
             "cuts": list(track.cuts),
-            "jitter_mm": {"before": round(track.jitter_before, 4), "after": round(track.jitter_after, 4)},
+            "motion_error_px": check.result(),
             "background_inpainted_fraction": round(inpainted, 4),
             "source": {"path": str(video), "width": info.width, "height": info.height, "fps": info.fps,
                        "duration_s": info.duration, "codec": info.codec},

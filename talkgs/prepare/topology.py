@@ -48,6 +48,13 @@ RIGID = (
     122, 351, 188, 412,                              # nose root sides
 )
 
+# Skin points on the nose and cheeks, none of them in RIGID: optical flow at these points checks the
+# tracked head motion on data the tracker never saw (flow.MotionCheck).
+MOTION_CHECK = (
+    104, 333, 68, 298, 3, 248, 196, 419, 198, 420, 174, 399, 217, 437, 51, 281, 45, 275, 220, 440,
+    134, 363, 114, 343, 128, 357, 126, 355, 47, 277, 111, 340, 119, 348, 120, 349, 121, 350, 142, 371,
+)
+
 
 def polygon(points: np.ndarray, contour: tuple[int, ...]) -> np.ndarray:
     """The [len(contour), 2] polygon of ``contour`` from landmarks ``points`` [478, >=2]."""

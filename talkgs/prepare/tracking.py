@@ -44,6 +44,7 @@ import numpy as np
 
 from talkgs.errors import TalkgsError
 from talkgs.prepare.config import TrackingConfig
+from talkgs.prepare.flow import fuse_tracks
 from talkgs.prepare.topology import LEFT_EYE_CORNERS, NUM_LANDMARKS, RIGHT_EYE_CORNERS, RIGID
 
 MIN_FRAMES = 5
@@ -70,10 +71,8 @@ class TrackResult:
     template: np.ndarray  # [478, 3] all landmarks in canonical head space (metres), median shape
     landmarks3d: np.ndarray  # [F, 478, 3] per-frame landmarks in head space (pose removed), metres
     rmse_px: float  # reprojection RMSE of the rigid points after BA and smoothing, output pixels
-    rmse_raw_px: float  # the same before temporal smoothing
+    rmse_raw_px: float  # the same before pose smoothing (equal when smoothing is off)
     cuts: list[int] = field(default_factory=list)  # frames i with a cut between frame i-1 and i
-    jitter_before: float = 0.0  # RMS 2nd temporal difference of t (mm/frame^2) before smoothing
-    jitter_after: float = 0.0  # the same after smoothing
     iterations: int = 0  # Levenberg-Marquardt iterations the bundle adjustment used
 
     @property
@@ -82,7 +81,8 @@ class TrackResult:
 
 
 def track_head(points2d: np.ndarray, points3d: np.ndarray, principal_point: tuple[float, float],
-               source_width_px: float, cfg: TrackingConfig) -> TrackResult:
+               source_width_px: float, cfg: TrackingConfig, flow: np.ndarray | None = None,
+               flow_valid: np.ndarray | None = None) -> TrackResult:
     """Track the camera intrinsics and the head pose of every frame.
 
     Args:
@@ -91,6 +91,10 @@ def track_head(points2d: np.ndarray, points3d: np.ndarray, principal_point: tupl
         principal_point: (cx, cy) in output pixels: the source frame centre mapped into the crop.
         source_width_px: width of the source frame in output pixels; sets the focal-length prior.
         cfg: tracking thresholds.
+        flow: [F, P, 2] optional KLT displacement of each rigid point (``topology.RIGID`` order) from
+            frame i-1 to frame i, in output pixels (row 0 unused); fused with the landmark positions
+            before the bundle adjustment (``flow.fuse_tracks``).
+        flow_valid: [F, P] bool, which flow entries to trust (required with ``flow``).
     """
     p2 = np.asarray(points2d, dtype=np.float64)
     p3 = np.asarray(points3d, dtype=np.float64)
@@ -110,7 +114,15 @@ def track_head(points2d: np.ndarray, points3d: np.ndarray, principal_point: tupl
     if not (math.isfinite(source_width_px) and source_width_px > 0):
         raise ValueError(f"source_width_px must be positive, got {source_width_px!r}")
 
-    obs = np.ascontiguousarray(p2[:, _RIGID])  # [F, P, 2] (OpenCV needs contiguous rows)
+    landmarks = np.ascontiguousarray(p2[:, _RIGID])  # [F, P, 2] (OpenCV needs contiguous rows)
+    cuts = detect_cuts(landmarks, cfg.cut_sigma, cfg.cut_min_px)
+    obs = landmarks
+    if flow is not None:
+        if flow_valid is None or flow.shape != landmarks.shape or flow_valid.shape != landmarks.shape[:2]:
+            raise ValueError(f"flow must be [F, {len(RIGID)}, 2] with flow_valid [F, {len(RIGID)}], got "
+                             f"{np.shape(flow)} and {np.shape(flow_valid)}")
+        obs = np.ascontiguousarray(fuse_tracks(landmarks, np.asarray(flow, np.float64), flow_valid, cuts,
+                                               cfg.flow_weight))
     template0 = _canonicalise(_procrustes_mean(p3[:, _RIGID]), cfg.eye_width_m)  # [P, 3]
     f0 = 0.5 * source_width_px / math.tan(math.radians(cfg.focal_prior_fov_deg) / 2)
     R0, t0 = _init_poses(template0, obs, f0, pp)
@@ -125,7 +137,6 @@ def track_head(points2d: np.ndarray, points3d: np.ndarray, principal_point: tupl
     t_raw = scale * (R_raw @ centre + t_raw)
     R_raw = R_raw @ Q.T
 
-    cuts = detect_cuts(obs, cfg.cut_sigma, cfg.cut_min_px)
     R, t = smooth_poses(R_raw, t_raw, cuts, cfg.smooth_rotation, cfg.smooth_translation)
 
     s, Rs, Ts = similarity_align(p3[:, _RIGID], template)
@@ -136,10 +147,9 @@ def track_head(points2d: np.ndarray, points3d: np.ndarray, principal_point: tupl
     K = np.array([[focal, 0.0, pp[0]], [0.0, focal, pp[1]], [0.0, 0.0, 1.0]])
     return TrackResult(
         K=K, R=R, t=t, template=full, landmarks3d=landmarks3d,
-        rmse_px=reprojection_rmse(template, R, t, K, obs),
-        rmse_raw_px=reprojection_rmse(template, R_raw, t_raw, K, obs),
-        cuts=cuts, jitter_before=translation_jitter_mm(t_raw, cuts),
-        jitter_after=translation_jitter_mm(t, cuts), iterations=iterations,
+        rmse_px=reprojection_rmse(template, R, t, K, landmarks),
+        rmse_raw_px=reprojection_rmse(template, R_raw, t_raw, K, landmarks),
+        cuts=cuts, iterations=iterations,
     )
 
 
@@ -443,12 +453,3 @@ def reprojection_rmse(X: np.ndarray, R: np.ndarray, t: np.ndarray, K: np.ndarray
     """RMS Euclidean reprojection error in pixels of points X [P, 3] against obs [F, P, 2]."""
     _, _, uv = _project(float(K[0, 0]), K[:2, 2], X, R, t)
     return float(np.sqrt(((uv - obs) ** 2).sum(-1).mean()))
-
-
-def translation_jitter_mm(t: np.ndarray, cuts: list[int]) -> float:
-    """RMS norm of the second temporal difference of t [F, 3] in mm/frame^2, not across cuts."""
-    acc = [np.diff(t[a:b], 2, axis=0) for a, b in _segments(len(t), cuts) if b - a >= 3]
-    if not acc:
-        return 0.0
-    acc = np.concatenate(acc)
-    return float(1000.0 * np.sqrt((acc * acc).sum(-1).mean()))
