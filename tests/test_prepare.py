@@ -215,3 +215,38 @@ def test_wide_non_square_shot(wide_subject):
     assert report["reprojection_rmse_px"] * 512 / s.size < 1.5
     fractions = np.bincount(next(iter(s.labels(50))).ravel(), minlength=len(Label)) / s.size**2
     assert fractions[Label.TORSO] > 0.1 and fractions[Label.BACKGROUND] > 0.1
+
+
+def test_background_plate_is_the_masked_median():
+    from talkgs.prepare.background import BackgroundPlate
+    from talkgs.prepare.config import BackgroundConfig
+
+    rng = np.random.default_rng(0)
+    frames = rng.integers(0, 256, (7, 40, 40, 3)).astype(np.uint8)
+    labels = (rng.random((7, 40, 40)) < 0.4).astype(np.uint8)
+    labels[:, :5, :5] = Label.TORSO  # never background: inpainted
+    plate = BackgroundPlate(40, BackgroundConfig(person_margin_px=0))
+    for f, lab in zip(frames, labels):
+        plate.add(f, lab)
+    image, inpainted = plate.finish()
+    valid = labels == Label.BACKGROUND
+    assert inpainted == pytest.approx((~valid.any(0)).mean())
+    for y, x in zip(*np.nonzero(valid.any(0))):
+        expected = np.median(frames[valid[:, y, x], y, x], axis=0).round()
+        assert np.array_equal(image[y, x], expected)
+
+
+def test_offset_confidence():
+    rng = np.random.default_rng(0)
+    n = 500
+    mouth = np.convolve(rng.normal(size=n + 20), np.ones(5) / 5, mode="same")[:n]
+    late = np.roll(mouth, 3) + 0.3 * rng.normal(size=n)
+    off = estimate_offset(mouth, late, 25.0, 8)
+    assert off.frames == 3 and off.confident
+    # A pure rhythm has a peak every period: no single answer.
+    rhythm = np.sin(2 * np.pi * np.arange(n) / 6.0)
+    assert not estimate_offset(rhythm, np.roll(rhythm, 1), 25.0, 8).confident
+    # A peak at the edge of the search range may lie beyond it.
+    assert not estimate_offset(mouth, np.roll(mouth, 10), 25.0, 8).confident
+    # Unrelated signals.
+    assert not estimate_offset(mouth, rng.normal(size=n), 25.0, 8).confident

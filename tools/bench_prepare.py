@@ -82,6 +82,7 @@ def run(video: Path, size: int, encoders: str, out_root: Path) -> dict:
         "reprojection_rmse_px": report["reprojection_rmse_px"],
         "reprojection_rmse_unsmoothed_px": report["reprojection_rmse_unsmoothed_px"],
         "focal_px": report["focal_px"],
+        "motion_error_px": report["motion_error_px"],
         "av_offset_frames": report["av_offset_frames"],
         "cuts": report["cuts"],
         "stage_seconds": report["stage_seconds"],

@@ -6,8 +6,6 @@ sampled evenly through the video, so the memory used is bounded by ``samples``, 
 
 from __future__ import annotations
 
-import warnings
-
 import cv2
 import numpy as np
 
@@ -24,7 +22,7 @@ def sample_indices(num_frames: int, samples: int) -> np.ndarray:
 class BackgroundPlate:
     """Accumulates sampled frames, then ``finish()`` gives the plate."""
 
-    #: Rows processed at once by the masked median, which bounds its float32 working memory.
+    #: Rows processed at once by the masked median, which bounds its working memory.
     ROWS_PER_CHUNK = 64
 
     def __init__(self, size: int, cfg: BackgroundConfig):
@@ -48,18 +46,22 @@ class BackgroundPlate:
             raise ValueError("no frames were added to the background plate")
         frames = np.stack(self._frames)  # [N, S, S, 3]
         valid = np.stack(self._valid)  # [N, S, S]
+        count = valid.sum(0)  # [S, S]
         plate = np.zeros((s, s, 3), np.uint8)
-        seen = valid.any(0)
+        # Masked median by sorting: invalid samples become 256 and sort after every valid one, so
+        # the median of the k valid samples sits at ranks (k-1)//2 and k//2.
+        lo = np.maximum(count - 1, 0) // 2
+        hi = count // 2
         for r0 in range(0, s, self.ROWS_PER_CHUNK):
             r1 = min(s, r0 + self.ROWS_PER_CHUNK)
-            chunk = frames[:, r0:r1].astype(np.float32)
-            chunk[~valid[:, r0:r1]] = np.nan
-            with warnings.catch_warnings():
-                # Pixels never seen as background give all-NaN slices; they are inpainted below.
-                warnings.simplefilter("ignore", RuntimeWarning)
-                med = np.nanmedian(chunk, axis=0)
-            plate[r0:r1] = np.nan_to_num(med, nan=0.0).round().clip(0, 255).astype(np.uint8)
-        holes = (~seen).astype(np.uint8)
+            chunk = frames[:, r0:r1].astype(np.uint16)
+            chunk[~valid[:, r0:r1]] = 256
+            chunk.sort(axis=0)
+            a = np.take_along_axis(chunk, lo[None, r0:r1, :, None].repeat(3, -1), 0)[0]
+            b = np.take_along_axis(chunk, np.minimum(hi, len(frames) - 1)[None, r0:r1, :, None].repeat(3, -1), 0)[0]
+            med = (a.astype(np.float32) + b) / 2
+            plate[r0:r1] = np.where(count[r0:r1, :, None] > 0, med, 0).round().astype(np.uint8)
+        holes = (count == 0).astype(np.uint8)
         if holes.any():
             plate = cv2.inpaint(plate, holes, self.cfg.inpaint_radius_px, cv2.INPAINT_TELEA)
         return plate, float(holes.mean())

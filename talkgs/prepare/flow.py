@@ -98,10 +98,12 @@ class MotionCheck:
     def add(self, prev_gray: np.ndarray, gray: np.ndarray, pose_prev: np.ndarray, pose_cur: np.ndarray,
             lm_prev: np.ndarray, lm_cur: np.ndarray) -> None:
         """pose_*: [P, 2] the points projected with the two frames' poses; lm_*: [P, 2] landmarks."""
-        d, v = klt(prev_gray, gray, pose_prev, self.fb_max_px)
-        self._pose.append(np.linalg.norm(d[v] - (pose_cur - pose_prev)[v], axis=-1))
-        d, v = klt(prev_gray, gray, lm_prev, self.fb_max_px)
-        self._landmarks.append(np.linalg.norm(d[v] - (lm_cur - lm_prev)[v], axis=-1))
+        # One KLT call for both point sets: building the image pyramids is most of its cost.
+        d, v = klt(prev_gray, gray, np.concatenate([pose_prev, lm_prev]), self.fb_max_px)
+        err = np.linalg.norm(d - np.concatenate([pose_cur - pose_prev, lm_cur - lm_prev]), axis=-1)
+        p = len(pose_prev)
+        self._pose.append(err[:p][v[:p]])
+        self._landmarks.append(err[p:][v[p:]])
 
     def result(self) -> dict[str, float | None]:
         """Mean frame-to-frame motion error in pixels of the tracked head and of the raw landmarks."""

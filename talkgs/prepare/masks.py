@@ -51,8 +51,6 @@ class LabelMapper:
     def __init__(self, size: int, cfg: MaskConfig):
         self.cfg = cfg
         self.size = size
-        ys, xs = np.mgrid[0:size, 0:size].astype(np.float32) + 0.5
-        self._pix = np.stack([xs, ys], -1)  # [S, S, 2] pixel centres
 
     def __call__(self, person_prob: np.ndarray, points: np.ndarray) -> np.ndarray:
         """Label map uint8 [S, S].
@@ -66,7 +64,7 @@ class LabelMapper:
             raise ValueError(f"expected person_prob [{s}, {s}] and points [478, 2+], got "
                              f"{person_prob.shape} and {points.shape}")
         cfg = self.cfg
-        p = np.asarray(points, np.float32)[:, :2]
+        p = np.asarray(points, np.float64)[:, :2]
         person = person_prob > cfg.person_threshold
 
         # Face frame: "down" runs from forehead to chin, "across" to the image right when upright.
@@ -74,25 +72,32 @@ class LabelMapper:
         down = chin - p[topo.FOREHEAD]
         face_h = float(np.linalg.norm(down)) + 1e-6
         down /= face_h
-        across = np.array([-down[1], down[0]], np.float32)
+        across = np.array([-down[1], down[0]])
         if across[0] < 0:
             across = -across
-        rel = self._pix - chin  # [S, S, 2]
-        a = rel @ down  # [S, S] distance below the chin
-        b = rel @ across  # [S, S] distance across, from the chin
+        to_image = lambda a, b: chin + np.multiply.outer(a, down) + np.multiply.outer(b, across)  # noqa: E731
+
+        # Everything below the lower jaw line, held level beyond the jaw angles, as one polygon that
+        # reaches far outside the image.
         jaw = p[list(topo.LOWER_JAW)] - chin
         ja, jb = jaw @ down, jaw @ across
         order = np.argsort(jb)
-        jaw_a = np.interp(b, jb[order], ja[order])  # held level beyond the jaw angles
-        below_jaw = a > jaw_a
+        ja, jb = ja[order], jb[order]
+        far = 4.0 * s
+        below = _fill((s, s), np.concatenate([
+            to_image(np.array([ja[0]]), np.array([-far])), to_image(ja, jb),
+            to_image(np.array([ja[-1], far, far]), np.array([far, far, -far])),
+        ]))
         oval_b = (p[list(topo.FACE_OVAL)] - chin) @ across
-        face_w = float(oval_b.max() - oval_b.min())
-        neck = below_jaw & (np.abs(b) <= cfg.neck_half_width * face_w) & (a <= cfg.neck_length * face_h)
+        half = cfg.neck_half_width * float(oval_b.max() - oval_b.min())
+        top, bottom = float(ja.min()), cfg.neck_length * face_h
+        band = to_image(np.array([top, top, bottom, bottom]), np.array([-half, half, half, -half]))
+        neck = below & _fill((s, s), band)
 
         labels = np.zeros((s, s), np.uint8)
-        labels[person & below_jaw] = Label.TORSO
+        labels[person & below] = Label.TORSO
         labels[person & neck] = Label.NECK
-        labels[person & ~below_jaw] = Label.HAIR
+        labels[person & ~below] = Label.HAIR
         labels[_fill((s, s), topo.polygon(p, topo.FACE_OVAL))] = Label.FACE
         labels[_fill((s, s), topo.polygon(p, topo.RIGHT_EYE)) | _fill((s, s), topo.polygon(p, topo.LEFT_EYE))] = (
             Label.EYES

@@ -180,12 +180,17 @@ def prepare(video: str | Path, out: str | Path, cfg: PrepareConfig | None = None
         if np.sqrt(np.mean(samples.astype(np.float64) ** 2)) < 1e-4:
             log.warn("the audio track is silent: the audio-driven model will have nothing to learn from")
         offset = estimate_offset(sig["mouth_open"], energy_envelope(samples, sr, num, fps), fps,
-                                 cfg.audio.max_offset_frames)
-        applied = offset.frames if cfg.audio.av_offset == "auto" else int(cfg.audio.av_offset)
+                                 cfg.audio.max_offset_frames, cfg.audio.min_offset_corr, cfg.audio.min_offset_margin)
+        late = "late" if offset.frames > 0 else "early" if offset.frames < 0 else "in sync"
+        if cfg.audio.av_offset != "auto":
+            applied = int(cfg.audio.av_offset)
+        elif offset.confident:
+            applied = offset.frames
+        else:
+            log.warn(f"the audio-video offset is unclear (best guess {offset.frames:+d} frames, correlation "
+                     f"{offset.corr:.2f}); leaving the audio as it is (force one with --av-offset N)")
         samples = shift_audio(samples, applied, sr, fps)
-        log.info(f"audio-video offset: {offset.frames:+d} frames measured (audio "
-                 f"{'late' if offset.frames > 0 else 'early' if offset.frames < 0 else 'in sync'}), "
-                 f"{applied:+d} applied")
+        log.info(f"audio-video offset: {offset.frames:+d} frames measured (audio {late}), {applied:+d} applied")
     feats = {}
     for enc in encoders:
         feats[enc] = audio_features.encode_audio(enc, samples, num, fps, cfg.audio, sample_rate=sr)
@@ -285,6 +290,7 @@ def prepare(video: str | Path, out: str | Path, cfg: PrepareConfig | None = None
             "av_offset_frames": None if offset is None else offset.frames,
             "av_offset_fine_frames": None if offset is None else round(offset.frames_fine, 3),
             "av_offset_corr": None if offset is None else round(offset.corr, 4),
+            "av_offset_confident": None if offset is None else offset.confident,
             "av_offset_applied_frames": applied,
             "audio_encoders": encoders,
             "has_audio": samples is not None,

@@ -45,10 +45,16 @@ class Offset:
     frames_fine: float  # parabolic refinement of the peak
     corr: float  # correlation at the best lag
     corr_zero: float  # correlation at lag 0
+    confident: bool  # the peak is inside the search range, high enough and clearly the only one
 
 
-def estimate_offset(mouth_open: np.ndarray, energy: np.ndarray, fps: float, max_lag: int) -> Offset:
+def estimate_offset(mouth_open: np.ndarray, energy: np.ndarray, fps: float, max_lag: int,
+                    min_corr: float = 0.1, min_margin: float = 0.05) -> Offset:
     """The lag L maximising corr(mouth[t], energy[t + L]) over |L| <= max_lag.
+
+    Speech has a syllable rhythm, so the correlation can have several peaks a few frames apart. The
+    estimate counts as confident only when the best peak lies inside the search range, reaches
+    ``min_corr``, and beats every other local peak by ``min_margin``.
 
     Args:
         mouth_open: [F] mouth opening per frame.
@@ -69,11 +75,17 @@ def estimate_offset(mouth_open: np.ndarray, energy: np.ndarray, fps: float, max_
     corr = np.nan_to_num(corr)
     k = int(np.argmax(corr))
     fine = float(lags[k])
-    if 0 < k < len(lags) - 1:
+    interior = 0 < k < len(lags) - 1
+    if interior:
         denom = corr[k - 1] - 2 * corr[k] + corr[k + 1]
         if denom < 0:
             fine += 0.5 * (corr[k - 1] - corr[k + 1]) / denom
-    return Offset(frames=int(lags[k]), frames_fine=fine, corr=float(corr[k]), corr_zero=float(corr[max_lag]))
+    padded = np.concatenate([[-np.inf], corr, [-np.inf]])
+    peaks = [j for j in range(len(corr)) if j != k and padded[j + 1] >= padded[j] and padded[j + 1] >= padded[j + 2]]
+    runner_up = max((corr[j] for j in peaks), default=-1.0)
+    confident = interior and corr[k] >= min_corr and corr[k] - runner_up >= min_margin
+    return Offset(frames=int(lags[k]), frames_fine=fine, corr=float(corr[k]), corr_zero=float(corr[max_lag]),
+                  confident=bool(confident))
 
 
 def shift_audio(samples: np.ndarray, frames: int, sample_rate: int, fps: float) -> np.ndarray:
