@@ -53,3 +53,11 @@ TORSO_LABELS = (Label.TORSO, Label.NECK)
 
 #: Per-frame signals in signals.npz, in the column order of its ``expression`` array.
 EXPRESSION_CHANNELS = ("blink_left", "blink_right", "mouth_open", "lip_spread", "brow_raise")
+
+# -- fitting outputs (talkgs fit), inside the subject folder ------------------------------------------
+FIT_DIR = "fit"
+FIT_CONFIG = "fit/config.yaml"  # the full FitConfig the run used; eval, render and view rebuild from it
+GAUSSIANS = "fit/gaussians.safetensors"  # the static head's Gaussians (GaussianModel.save)
+CHECKPOINT = "fit/checkpoint.pt"  # resumable training state (torch.save, loadable with weights_only)
+FIT_REPORT = "fit/fit_report.json"
+VAL_DIR = "fit/val"  # validation renders of held-out frames, PNG
