@@ -41,7 +41,9 @@ class Subject:
                 f"{self.root} has subject format {version}, this talkgs reads {schema.FORMAT_VERSION}; "
                 "prepare the subject again"
             )
-        missing = [f for f in self.meta["files"] if not (self.root / f).is_file()]
+        # The preview is for people; a subject works without it.
+        needed = [f for f in self.meta["files"] if not f.startswith(schema.PREVIEW_DIR + "/")]
+        missing = [f for f in needed if not (self.root / f).is_file()]
         if missing:
             raise TalkgsError(f"{self.root} is incomplete: missing {', '.join(missing)}")
 

@@ -24,15 +24,15 @@ PRESET_DIR = Path(os.environ.get("TALKGS_CONFIGS", Path(__file__).resolve().pare
 
 def to_dict(cfg: Any) -> dict:
     """A plain, YAML-ready dict of a (nested) dataclass config."""
-    out = {}
-    for f in dataclasses.fields(cfg):
-        v = getattr(cfg, f.name)
-        if dataclasses.is_dataclass(v):
-            v = to_dict(v)
-        elif isinstance(v, tuple):
-            v = list(v)
-        out[f.name] = v
-    return out
+    return {f.name: _plain(getattr(cfg, f.name)) for f in dataclasses.fields(cfg)}
+
+
+def _plain(v: Any) -> Any:
+    if dataclasses.is_dataclass(v):
+        return to_dict(v)
+    if isinstance(v, (list, tuple)):
+        return [_plain(x) for x in v]
+    return v
 
 
 def _coerce(tp: Any, value: Any, where: str) -> Any:

@@ -1,0 +1,99 @@
+"""Configuration of ``talkgs fit``: the run, the data, the initial Gaussians and each stage.
+
+A stage is a value (``StageConfig``) run by the one generic trainer; the order of stages is the order
+of ``FitConfig.stages``. A run saves its full config to SUBJECT_DIR/fit/config.yaml, and evaluation,
+rendering and the viewer rebuild everything from that file.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+
+@dataclass
+class InitConfig:
+    face_points: int = 3000
+    """Points sampled on the tracked landmark mesh (face surface), coloured from the frames."""
+    hair_points: int = 3000
+    """Points where head-mask pixels outside the face (hair, ears, head top) meet a head ellipsoid."""
+    init_frames: int = 8
+    """Training frames, spread evenly, whose pixels colour and place the initial points."""
+    init_opacity: float = 0.1
+    """Opacity of every initial Gaussian (the usual 3DGS start)."""
+    scale_multiplier: float = 1.0
+    """Initial scale = this x the mean distance to the 3 nearest initial points."""
+    ellipsoid_margin: float = 1.15
+    """The head ellipsoid is the face's extent times this, so hair that stands off the skull fits."""
+
+
+@dataclass
+class DensifyConfig:
+    """Adaptive density control through ``gsplat.strategy.DefaultStrategy`` (its own field names)."""
+
+    enabled: bool = True
+    prune_opa: float = 0.005
+    grow_grad2d: float = 0.0002
+    grow_scale3d: float = 0.01
+    prune_scale3d: float = 0.1
+    refine_start_iter: int = 100
+    refine_stop_iter: int = 1500
+    refine_every: int = 100
+    reset_every: int = 1000
+    max_gaussians: int = 30000
+    """Growth stops at this many Gaussians (bounds CPU time and memory)."""
+
+
+@dataclass
+class LossConfig:
+    l1: float = 0.8
+    dssim: float = 0.2
+    """D-SSIM weight (kornia's SSIM, 11x11 Gaussian window); L1 + D-SSIM as in 3DGS."""
+    alpha: float = 0.1
+    """L1 between the rendered alpha and the head mask, which keeps Gaussians inside the head."""
+    ssim_window: int = 11
+
+
+@dataclass
+class LRConfig:
+    """Adam learning rates per parameter group (3DGS defaults, means scaled by the scene size)."""
+
+    means: float = 1.6e-4
+    means_final: float = 1.6e-6
+    """The means' learning rate decays exponentially to this over the stage."""
+    scales: float = 5e-3
+    quats: float = 1e-3
+    opacities: float = 5e-2
+    sh0: float = 2.5e-3
+    shN: float = 2.5e-3 / 20
+
+
+@dataclass
+class StageConfig:
+    name: str = "static"
+    """Stage id; the trainer runs the stage kind of the same name."""
+    iterations: int = 2000
+    lr: LRConfig = field(default_factory=LRConfig)
+    loss: LossConfig = field(default_factory=LossConfig)
+    densify: DensifyConfig = field(default_factory=DensifyConfig)
+    sh_degree_every: int = 500
+    """One more SH band every this many iterations, up to the model's degree."""
+
+
+@dataclass
+class FitConfig:
+    resolution: int = 128
+    """Training image side in pixels; frames are downscaled from the subject's own size."""
+    sh_degree: int = 2
+    seed: int = 0
+    device: str = "auto"
+    """"auto" (CUDA when available), "cpu" or "cuda"."""
+    backend: str = "auto"
+    """Rasterizer: "auto" (gsplat on CUDA, else torch), "torch" or "gsplat"."""
+    init: InitConfig = field(default_factory=InitConfig)
+    stages: list[StageConfig] = field(default_factory=lambda: [StageConfig()])
+    checkpoint_every: int = 250
+    """Steps between resumable checkpoints (Ctrl-C also saves one)."""
+    val_every: int = 500
+    """Steps between validation renders of held-out frames."""
+    val_frames: int = 6
+    """Held-out frames rendered for validation (evenly spaced over the test split)."""

@@ -1,0 +1,66 @@
+"""What every stage needs from the subject, at training resolution, on the training device."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import cv2
+import numpy as np
+import torch
+
+from talkgs.data import schema
+from talkgs.data.cache import FrameCache, open_cache
+from talkgs.data.subject import Subject
+from talkgs.train.config import FitConfig
+
+
+def pick_device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name == "cuda" and not torch.cuda.is_available():
+        from talkgs.errors import TalkgsError
+
+        raise TalkgsError("device 'cuda' was asked for, but PyTorch sees no CUDA GPU")
+    return torch.device(name)
+
+
+@dataclass
+class Batch:
+    """One training or validation frame."""
+
+    index: int
+    image: torch.Tensor  # [R, R, 3] ground truth in [0, 1]
+    labels: torch.Tensor  # [R, R] uint8 label ids
+    under: torch.Tensor  # [R, R, 3] what lies under the head: the frame's torso layer over the plate
+    viewmat: torch.Tensor  # [4, 4] head-to-camera
+    K: torch.Tensor  # [3, 3] at training resolution
+
+
+class FitContext:
+    """Subject data at training resolution: frames streamed from a memory-mapped cache."""
+
+    def __init__(self, subject: Subject, cfg: FitConfig):
+        self.subject = subject
+        self.cfg = cfg
+        self.device = pick_device(cfg.device)
+        self.resolution = cfg.resolution
+        self.cache: FrameCache = open_cache(subject, cfg.resolution)
+        scale = cfg.resolution / subject.size
+        K = subject.K.copy()
+        K[:2] *= scale  # pixel coordinates scale about the image corner (continuous convention)
+        self.K = torch.tensor(K, dtype=torch.float32, device=self.device)
+        self.w2c = torch.tensor(subject.w2c, dtype=torch.float32, device=self.device)  # [F, 4, 4]
+        plate = cv2.resize(subject.background, (cfg.resolution, cfg.resolution), interpolation=cv2.INTER_AREA)
+        self.background = torch.tensor(plate, dtype=torch.float32, device=self.device) / 255.0  # [R, R, 3]
+        self.train_indices = subject.train_indices
+        self.test_indices = subject.test_indices
+        # Scene scale for learning rates and densification thresholds: the camera's distance.
+        self.scene_scale = float(np.median(np.linalg.norm(subject.w2c[:, :3, 3], axis=-1)))
+
+    def batch(self, index: int) -> Batch:
+        frame = torch.from_numpy(np.array(self.cache.frames[index])).to(self.device)
+        labels = torch.from_numpy(np.array(self.cache.labels[index])).to(self.device)
+        image = frame.float() / 255.0
+        torso = torch.isin(labels, torch.tensor(schema.TORSO_LABELS, device=self.device))[..., None]
+        under = torch.where(torso, image, self.background)
+        return Batch(index, image, labels, under, self.w2c[index], self.K)

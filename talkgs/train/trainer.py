@@ -1,0 +1,239 @@
+"""The one generic trainer: runs the stages of a FitConfig in order, resumably.
+
+Everything stage-specific (what is rendered, the loss) lives in ``talkgs.train.stages``; this loop
+owns sampling, optimisers, densification, logging, validation and checkpoints. A checkpoint holds
+every piece of state the loop has (parameters, Adam moments, strategy statistics, both random
+generators), so ``--resume`` continues an interrupted run exactly where it stopped.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+import talkgs
+from talkgs.data import schema
+from talkgs.data.subject import Subject
+from talkgs.errors import TalkgsError
+from talkgs.model.gaussians import GaussianModel
+from talkgs.model.init_head import initial_points
+from talkgs.model.losses import psnr, ssim
+from talkgs.train.checkpoint import load_checkpoint, save_checkpoint
+from talkgs.train.config import FitConfig, StageConfig
+from talkgs.train.context import FitContext
+from talkgs.train.stages import STAGES
+from talkgs.train.strategy import make_strategy
+from talkgs.utils import log
+from talkgs.utils.config import from_dict, load_yaml, save_yaml, to_dict
+
+
+def _optimizers(model: GaussianModel, cfg: StageConfig, scene_scale: float) -> dict[str, torch.optim.Adam]:
+    # One Adam per parameter, as gsplat's strategies expect (they resize each one's moments).
+    lrs = {"means": cfg.lr.means * scene_scale, "scales": cfg.lr.scales, "quats": cfg.lr.quats,
+           "opacities": cfg.lr.opacities, "sh0": cfg.lr.sh0, "shN": cfg.lr.shN}
+    return {k: torch.optim.Adam([{"params": [p], "lr": lrs[k], "name": k}], eps=1e-15)
+            for k, p in model.params.items()}
+
+
+class Trainer:
+    def __init__(self, subject_dir: str | Path, cfg: FitConfig, resume: bool = False, force: bool = False):
+        self.subject = Subject(subject_dir)
+        self.root = self.subject.root
+        self.cfg = cfg
+        self.resume = resume
+        fit = self.root / schema.FIT_DIR
+        ckpt = self.root / schema.CHECKPOINT
+        if resume:
+            if not ckpt.is_file():
+                raise TalkgsError(f"nothing to resume in {fit}: no checkpoint (start with talkgs fit without --resume)")
+            saved = from_dict(FitConfig, load_yaml(self.root / schema.FIT_CONFIG))
+            if to_dict(saved) != to_dict(cfg):
+                raise TalkgsError("the config differs from the interrupted run's; resume without --config and "
+                                  "overrides, or start again with --force")
+        elif (ckpt.exists() or (self.root / schema.GAUSSIANS).exists()) and not force:
+            raise TalkgsError(f"{self.root} is already fitted or a fit was interrupted; pass --resume to continue "
+                              "it or --force to start again")
+        fit.mkdir(exist_ok=True)
+        save_yaml(to_dict(cfg), self.root / schema.FIT_CONFIG)
+        (self.root / schema.VAL_DIR).mkdir(exist_ok=True)
+
+    # -- the run ---------------------------------------------------------------------------------
+    def run(self) -> dict:
+        cfg = self.cfg
+        torch.manual_seed(cfg.seed)
+        ctx = FitContext(self.subject, cfg)
+        self.ctx = ctx
+        gen = torch.Generator().manual_seed(cfg.seed)
+        report: dict = {"stages": {}}
+        ckpt = load_checkpoint(self.root / schema.CHECKPOINT, ctx.device) if self.resume else None
+        if ckpt is not None:
+            model = GaussianModel(**ckpt["model"]).to(ctx.device)
+            gen.set_state(ckpt["sampler"])
+            torch.set_rng_state(ckpt["rng"])
+            report = json.loads(ckpt["report"])
+            first_stage, first_step = int(ckpt["stage_index"]), int(ckpt["step"])
+            log.info(f"resuming stage {cfg.stages[first_stage].name if first_stage < len(cfg.stages) else 'end'} "
+                     f"at step {first_step}")
+        else:
+            model = self._initial_model(ctx).to(ctx.device)
+            first_stage, first_step = 0, 0
+        for k in range(first_stage, len(cfg.stages)):
+            stage_cfg = cfg.stages[k]
+            resume_state = ckpt if (ckpt is not None and k == first_stage and first_step > 0) else None
+            report["stages"][stage_cfg.name] = self._run_stage(k, stage_cfg, model, gen, report,
+                                                               first_step if resume_state else 0, resume_state)
+        model.save(self.root / schema.GAUSSIANS)
+        report.update({"talkgs_version": talkgs.__version__, "device": str(ctx.device), "resolution": cfg.resolution,
+                       "gaussians": model.num_gaussians})
+        (self.root / schema.FIT_REPORT).write_text(json.dumps(report, indent=1))
+        return report
+
+    def _initial_model(self, ctx: FitContext) -> GaussianModel:
+        cfg = self.cfg
+        picks = ctx.train_indices[np.linspace(0, len(ctx.train_indices) - 1, cfg.init.init_frames).round().astype(int)]
+        frames = [np.array(ctx.cache.frames[i]) for i in picks]
+        labels = [np.array(ctx.cache.labels[i]) for i in picks]
+        w2cs = [self.subject.w2c[i] for i in picks]
+        pts, rgb = initial_points(self.subject.template, frames, labels, w2cs, ctx.K.cpu().numpy().astype(np.float64),
+                                  cfg.init, cfg.seed)
+        log.info(f"{len(pts)} initial Gaussians")
+        return GaussianModel.from_points(torch.from_numpy(pts), torch.from_numpy(rgb), sh_degree=cfg.sh_degree,
+                                         init_opacity=cfg.init.init_opacity,
+                                         scale_multiplier=cfg.init.scale_multiplier)
+
+    def _checkpoint(self, stage_index: int, step: int, model: GaussianModel, optimizers, strategy_state,
+                    gen: torch.Generator, report: dict, elapsed: float = 0.0) -> None:
+        save_checkpoint(self.root / schema.CHECKPOINT, {
+            "stage_index": stage_index, "step": step, "elapsed": elapsed,
+            "model": {k: v.detach() for k, v in model.params.items()}, "sh_degree": model.sh_degree,
+            "optimizers": {k: o.state_dict() for k, o in optimizers.items()} if optimizers else {},
+            "strategy": strategy_state or {},
+            "sampler": gen.get_state(), "rng": torch.get_rng_state(), "report": json.dumps(report),
+        })
+
+    def _run_stage(self, index: int, cfg: StageConfig, model: GaussianModel, gen: torch.Generator, report: dict,
+                   start: int, ckpt: dict | None) -> dict:
+        if cfg.name not in STAGES:
+            raise TalkgsError(f"unknown stage {cfg.name!r} (known: {', '.join(STAGES)})")
+        ctx = self.ctx
+        stage = STAGES[cfg.name](ctx, cfg, model)
+        optimizers = _optimizers(model, cfg, ctx.scene_scale)
+        strategy = make_strategy(cfg.densify) if cfg.densify.enabled else None
+        state = strategy.initialize_state(scene_scale=ctx.scene_scale) if strategy else None
+        if strategy:
+            strategy.check_sanity(model.params, optimizers)
+        elapsed = 0.0
+        if ckpt is not None:
+            for k, o in optimizers.items():
+                o.load_state_dict(ckpt["optimizers"][k])
+            if state is not None:
+                state.update(ckpt["strategy"])
+            elapsed = float(ckpt.get("elapsed", 0.0))
+        means_lr0 = cfg.lr.means * ctx.scene_scale
+        gamma = (cfg.lr.means_final / cfg.lr.means) ** (1.0 / max(cfg.iterations, 1))
+        train = torch.as_tensor(ctx.train_indices)
+        t0 = time.perf_counter() - elapsed
+        bar = log.progress(range(start, cfg.iterations), total=cfg.iterations, initial=start, desc=cfg.name)
+        with _DeferredInterrupt() as interrupt:
+            for step in bar:
+                for group in optimizers["means"].param_groups:
+                    group["lr"] = means_lr0 * gamma**step
+                idx = int(train[torch.randint(len(train), (1,), generator=gen)])
+                batch = ctx.batch(idx)
+                composite, out = stage.render(batch, sh_degree=min(step // cfg.sh_degree_every, model.sh_degree))
+                loss, logs = stage.loss(batch, composite, out)
+                if strategy:
+                    strategy.step_pre_backward(model.params, optimizers, state, step, out.info)
+                loss.backward()
+                for o in optimizers.values():
+                    o.step()
+                    o.zero_grad(set_to_none=True)
+                if strategy:
+                    strategy.step_post_backward(model.params, optimizers, state, step, out.info, packed=False)
+                if step % 10 == 0:
+                    bar.set_postfix(loss=f"{loss.item():.4f}", psnr=f"{logs['psnr_head']:.2f}", n=model.num_gaussians)
+                done = step + 1
+                if done % self.cfg.val_every == 0 and done < cfg.iterations:
+                    self._validate(stage, cfg.name, done)
+                if interrupt.requested or (done % self.cfg.checkpoint_every == 0 and done < cfg.iterations):
+                    self._checkpoint(index, done, model, optimizers, state, gen, report, time.perf_counter() - t0)
+                if interrupt.requested:
+                    bar.close()
+                    log.warn(f"interrupted in stage {cfg.name} after step {done}: checkpoint saved; "
+                             "continue with talkgs fit --resume")
+                    raise KeyboardInterrupt
+        seconds = time.perf_counter() - t0
+        result = {"seconds": round(seconds, 1), "iterations": cfg.iterations, "gaussians": model.num_gaussians,
+                  **self._evaluate(stage, cfg.name)}
+        report["stages"][cfg.name] = result
+        self._checkpoint(index + 1, 0, model, None, None, gen, report)
+        log.info(f"stage {cfg.name}: {cfg.iterations} iterations in {seconds:.0f} s, {model.num_gaussians} Gaussians, "
+                 f"held-out PSNR {result['psnr_head']:.2f} dB (head), {result['psnr']:.2f} dB (frame)")
+        return result
+
+    # -- validation --------------------------------------------------------------------------------
+    @torch.no_grad()
+    def _validate(self, stage, name: str, step: int) -> None:
+        import cv2
+
+        ctx = self.ctx
+        picks = ctx.test_indices[np.linspace(0, len(ctx.test_indices) - 1, self.cfg.val_frames).round().astype(int)]
+        rows, scores = [], []
+        for i in picks:
+            batch = ctx.batch(int(i))
+            composite, _ = stage.render(batch)
+            scores.append(float(psnr(composite, batch.image, stage.masks(batch)["head"])))
+            err = ((composite - batch.image).abs() * 4).clamp(0, 1)
+            rows.append(torch.cat([batch.image, composite.clamp(0, 1), err], 1))
+        strip = (torch.cat(rows, 0).cpu().numpy() * 255).round().astype(np.uint8)
+        tag = "final" if step < 0 else f"{step:06d}"
+        cv2.imwrite(str(self.root / schema.VAL_DIR / f"{name}_{tag}.png"), cv2.cvtColor(strip, cv2.COLOR_RGB2BGR))
+        if step >= 0:
+            log.info(f"step {step}: held-out PSNR {np.mean(scores):.2f} dB (head, {len(picks)} frames)")
+
+    @torch.no_grad()
+    def _evaluate(self, stage, name: str) -> dict:
+        """Held-out metrics over every test frame: PSNR on the head region, PSNR and SSIM on the frame."""
+        self._validate(stage, name, -1)
+        ctx = self.ctx
+        head, full, sim = [], [], []
+        for i in ctx.test_indices:
+            batch = ctx.batch(int(i))
+            composite, _ = stage.render(batch)
+            head.append(float(psnr(composite, batch.image, stage.masks(batch)["head"])))
+            full.append(float(psnr(composite, batch.image)))
+            sim.append(float(ssim(composite.clamp(0, 1), batch.image)))
+        finite = lambda v: float(np.mean(v)) if v and math.isfinite(np.mean(v)) else None  # noqa: E731
+        return {"psnr_head": finite(head), "psnr": finite(full), "ssim": finite(sim),
+                "test_frames": len(ctx.test_indices)}
+
+
+class _DeferredInterrupt:
+    """Ctrl-C during a step is noted and acted on when the step is complete, so the checkpoint saved
+    for it holds a consistent state and ``--resume`` continues exactly. A second Ctrl-C stops at once."""
+
+    def __enter__(self) -> _DeferredInterrupt:
+        import signal
+        import threading
+
+        self.requested = False
+        self._previous = None
+        if threading.current_thread() is threading.main_thread():
+            self._previous = signal.signal(signal.SIGINT, self._handle)
+        return self
+
+    def _handle(self, signum, frame) -> None:
+        if self.requested:
+            raise KeyboardInterrupt
+        self.requested = True
+
+    def __exit__(self, *exc) -> None:
+        import signal
+
+        if self._previous is not None:
+            signal.signal(signal.SIGINT, self._previous)
