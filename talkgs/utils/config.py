@@ -81,17 +81,7 @@ def _coerce(tp: Any, value: Any, where: str) -> Any:
 
 def from_dict(cls: type[T], data: dict, where: str = "") -> T:
     """Build dataclass ``cls`` from a (partial) dict, keeping defaults for missing fields."""
-    hints = typing.get_type_hints(cls)
-    names = {f.name for f in dataclasses.fields(cls)}
-    unknown = sorted(set(data) - names)
-    if unknown:
-        prefix = f"{where}." if where else ""
-        raise TalkgsError(f"config: unknown field(s) {', '.join(prefix + u for u in unknown)}")
-    kwargs = {}
-    for name, value in data.items():
-        kwargs[name] = _coerce(hints[name], value, f"{where}.{name}" if where else name)
-    base = cls()
-    return dataclasses.replace(base, **kwargs)
+    return merge(cls(), data, where)
 
 
 def merge(cfg: T, data: dict, where: str = "") -> T:
