@@ -1,0 +1,1 @@
+"""Training: configs, stages, the generic trainer, checkpoints."""
