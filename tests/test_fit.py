@@ -19,6 +19,7 @@ from talkgs.model import GaussianModel, load_ply
 from talkgs.train import stages as stages_module
 from talkgs.train.config import FitConfig
 from talkgs.train.trainer import Trainer
+from talkgs.utils import media
 from talkgs.utils.config import from_dict, load_section, load_yaml, to_dict
 
 
@@ -161,3 +162,33 @@ def test_initial_points_lie_on_the_head(demo_subject):
     uv = (cam @ s.K.T)[:, :2] / cam[:, 2:3]
     lab = labels[0][np.clip(uv[:, 1].astype(int), 0, s.size - 1), np.clip(uv[:, 0].astype(int), 0, s.size - 1)]
     assert np.isin(lab, list(schema.HEAD_LABELS) + [schema.Label.MOUTH]).mean() > 0.9
+
+
+def test_eval_report_and_side_by_side_video(fitted, tmp_path, capsys):
+    root, _ = fitted
+    out = tmp_path / "report.json"
+    video = tmp_path / "sbs.mp4"
+    assert main(["--quiet", "eval", str(root), "--json", str(out), "--video", str(video)]) == 0
+    report = json.loads(out.read_text())
+    for key in ("psnr", "ssim", "lpips", "lmd_px", "mouth_open_corr", "blink_agreement"):
+        assert key in report
+    assert report["lpips"] is None  # no LPIPS weights on this machine
+    assert 20 < report["psnr"] < 50 and 0 < report["ssim"] <= 1
+    assert report["landmark_frames"] >= 40 and 0 < report["lmd_px"] < 20
+    info = media.probe_video(video)
+    assert info.has_audio and info.width == 3 * 64 and abs(info.duration - 45 / 25) < 0.1
+    assert sum(1 for _ in media.read_frames(video, (192, 64))) == 45
+
+
+def test_landmark_metrics_on_real_frames(demo_subject):
+    from talkgs.data import Subject
+    from talkgs.eval.landmark_metrics import landmark_metrics, track_landmarks
+
+    s = Subject(demo_subject[0])
+    frames = [f for _, f in zip(range(60), s.frames())]
+    pts = track_landmarks(frames)
+    same = landmark_metrics(pts, pts)
+    assert same["lmd_px"] == 0 and same["mouth_open_corr"] == pytest.approx(1.0)
+    # A sequence against itself shifted in time: the mouth no longer agrees.
+    shifted = landmark_metrics(pts[10:], pts[:-10])
+    assert shifted["lmd_px"] > 1.0 and (shifted["mouth_open_corr"] or 0) < 0.9

@@ -1,0 +1,130 @@
+"""``talkgs eval SUBJECT_DIR``: render the held-out frames and compare them with the real ones.
+
+The renderer is rebuilt from the run's saved config (SUBJECT_DIR/fit/config.yaml) and model, so the
+evaluation sees exactly what was trained. Frames stream: each held-out frame is rendered, scored,
+written to the side-by-side video and dropped.
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from talkgs.data import schema
+from talkgs.data.subject import Subject
+from talkgs.errors import TalkgsError
+from talkgs.eval.landmark_metrics import landmark_metrics, track_landmarks
+from talkgs.model.losses import psnr, ssim
+from talkgs.utils import log, media
+
+EVAL_REPORT = "eval_report.json"
+EVAL_VIDEO = "eval_side_by_side.mp4"
+
+
+def load_fitted(subject_dir: str | Path, device: str | None = None):
+    """(context, stage) able to render any frame of a fitted subject, rebuilt from its saved config."""
+    import dataclasses
+
+    from talkgs.model.gaussians import GaussianModel
+    from talkgs.train.config import FitConfig
+    from talkgs.train.context import FitContext
+    from talkgs.train.stages import STAGES
+    from talkgs.utils.config import from_dict, load_yaml
+
+    subject = Subject(subject_dir)
+    root = subject.root
+    if not (root / schema.GAUSSIANS).is_file() or not (root / schema.FIT_CONFIG).is_file():
+        raise TalkgsError(f"{root} is not fitted yet; run talkgs fit {root} first")
+    cfg = from_dict(FitConfig, load_yaml(root / schema.FIT_CONFIG))
+    if device:
+        cfg = dataclasses.replace(cfg, device=device)
+    ctx = FitContext(subject, cfg)
+    model = GaussianModel.load(root / schema.GAUSSIANS, device=ctx.device)
+    last = cfg.stages[-1]
+    return ctx, STAGES[last.name](ctx, last, model)
+
+
+def _lpips_fn(device):
+    """LPIPS (AlexNet) when the lpips package and its weights are on this machine, else None."""
+    try:
+        import lpips  # noqa: F401
+    except ImportError:
+        return None, "the lpips package is not installed"
+    try:
+        net = lpips.LPIPS(net="alex", verbose=False).to(device).eval()
+    except Exception as e:  # weights missing: lpips tries to download them
+        return None, f"LPIPS weights are not available ({type(e).__name__})"
+    return net, None
+
+
+@torch.no_grad()
+def evaluate(subject_dir: str | Path, json_path: str | Path | None = None, video_path: str | Path | None = None,
+             device: str | None = None) -> dict:
+    ctx, stage = load_fitted(subject_dir, device)
+    root = ctx.subject.root
+    json_path = Path(json_path) if json_path else root / EVAL_REPORT
+    video_path = Path(video_path) if video_path else root / EVAL_VIDEO
+    lpips_net, lpips_reason = _lpips_fn(ctx.device)
+    if lpips_net is None:
+        log.info(f"lpips: null ({lpips_reason})")
+    res = ctx.resolution
+    scores: dict[str, list[float]] = {"psnr": [], "ssim": [], "psnr_head": [], "psnr_mouth": [], "lpips": []}
+    rendered, truth = [], []
+    tmp_video = video_path.with_name(video_path.name + ".tmp.mp4")
+    with media.VideoWriter(tmp_video, (3 * res, res), ctx.subject.fps, crf=16, preset="veryfast",
+                           pix_fmt="yuv420p") as out:
+        for i in log.progress(ctx.test_indices, desc="eval", unit="frame"):
+            batch = ctx.batch(int(i))
+            image, _ = stage.render(batch)
+            image = image.clamp(0, 1)
+            masks = stage.masks(batch)
+            mouth = (batch.labels == schema.Label.MOUTH) | (batch.labels == schema.Label.LIPS)
+            scores["psnr"].append(float(psnr(image, batch.image)))
+            scores["ssim"].append(float(ssim(image, batch.image)))
+            scores["psnr_head"].append(float(psnr(image, batch.image, masks["head"])))
+            if mouth.any():
+                scores["psnr_mouth"].append(float(psnr(image, batch.image, mouth[..., None].float())))
+            if lpips_net is not None:
+                to = lambda x: x.permute(2, 0, 1)[None] * 2 - 1  # noqa: E731
+                scores["lpips"].append(float(lpips_net(to(image), to(batch.image))))
+            r8 = (image.cpu().numpy() * 255).round().astype(np.uint8)
+            g8 = (batch.image.cpu().numpy() * 255).round().astype(np.uint8)
+            err = np.clip(np.abs(r8.astype(int) - g8.astype(int)) * 4, 0, 255).astype(np.uint8)
+            out.write(np.concatenate([g8, r8, err], 1))
+            rendered.append(r8)
+            truth.append(g8)
+    _mux_test_audio(ctx.subject, tmp_video, video_path)
+    marks = landmark_metrics(track_landmarks(rendered), track_landmarks(truth))
+    mean = lambda v: round(float(np.mean(v)), 4) if v else None  # noqa: E731
+    report = {
+        "psnr": mean(scores["psnr"]), "ssim": mean(scores["ssim"]),
+        "lpips": mean(scores["lpips"]) if lpips_net is not None else None,
+        **{k: (round(v, 4) if isinstance(v, float) else v) for k, v in marks.items()},
+        "psnr_head": mean(scores["psnr_head"]), "psnr_mouth": mean(scores["psnr_mouth"]),
+        "test_frames": [int(ctx.test_indices[0]), int(ctx.test_indices[-1]) + 1],
+        "resolution": res, "video": str(video_path),
+    }
+    json_path.parent.mkdir(parents=True, exist_ok=True)
+    json_path.write_text(json.dumps(report, indent=1))
+    return report
+
+
+def _mux_test_audio(subject: Subject, video: Path, out: Path) -> None:
+    """Mux the held-out frames' own audio under the side-by-side video (or move it as it is)."""
+    try:
+        _, sr = subject.audio()
+    except TalkgsError:
+        video.replace(out)
+        return
+    start = subject.test_range[0] / subject.fps
+    cmd = [media.ffmpeg_exe(), "-nostdin", "-v", "error", "-y", "-i", str(video), "-ss", f"{start:.6f}",
+           "-i", str(subject.root / schema.AUDIO), "-map", "0:v", "-map", "1:a", "-c:v", "copy", "-c:a", "aac",
+           "-shortest", str(out)]
+    try:
+        subprocess.run(cmd, check=True, capture_output=True)
+    finally:
+        video.unlink(missing_ok=True)
