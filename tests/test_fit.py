@@ -62,17 +62,21 @@ def test_static_fit_learns_the_head(fitted):
 def test_head_stays_inside_the_head_mask(fitted):
     """The alpha loss keeps Gaussians on the head: opaque on it, transparent on the background."""
     root, _ = fitted
+    from safetensors.torch import load_file
+
     from talkgs.data import Label, Subject
+    from talkgs.model.talking_head import TalkingHead
     from talkgs.train.context import FitContext
-    from talkgs.train.stages import StaticStage
+    from talkgs.train.stages import Stage
 
     ctx = FitContext(Subject(root), tiny_fit())
-    model = GaussianModel.load(root / schema.GAUSSIANS)
-    stage = StaticStage(ctx, tiny_fit().stages[0], model)
+    head = TalkingHead.from_tensors(load_file(str(root / schema.TALKING_HEAD)), ctx.features.shape[-1],
+                                    tiny_fit().head)
+    stage = Stage(ctx, tiny_fit().stages[0], head)
     batch = ctx.batch(int(ctx.test_indices[10]))
     with torch.no_grad():
-        _, out = stage.render(batch)
-    alpha = out.alpha[..., 0]
+        _, outs = stage.render(batch)
+    alpha = outs["face"].alpha[..., 0]
     labels = batch.labels
     assert alpha[labels == Label.FACE].mean() > 0.9
     assert alpha[labels == Label.BACKGROUND].mean() < 0.1
@@ -87,7 +91,7 @@ def test_fit_is_deterministic_and_resumes_exactly(subject, tmp_path, monkeypatch
 
     # Ctrl-C in the middle of step 31 (the 31st loss): the step completes, a checkpoint is saved.
     calls = {"n": 0}
-    original = stages_module.StaticStage.loss
+    original = stages_module.Stage.loss
 
     def loss_with_ctrl_c(self, *args):
         calls["n"] += 1
@@ -95,10 +99,10 @@ def test_fit_is_deterministic_and_resumes_exactly(subject, tmp_path, monkeypatch
             os.kill(os.getpid(), signal.SIGINT)
         return original(self, *args)
 
-    monkeypatch.setattr(stages_module.StaticStage, "loss", loss_with_ctrl_c)
+    monkeypatch.setattr(stages_module.Stage, "loss", loss_with_ctrl_c)
     with pytest.raises(KeyboardInterrupt):
         Trainer(other, cfg).run()
-    monkeypatch.setattr(stages_module.StaticStage, "loss", original)
+    monkeypatch.setattr(stages_module.Stage, "loss", original)
     assert (other / schema.CHECKPOINT).is_file() and not (other / schema.GAUSSIANS).exists()
     saved = torch.load(other / schema.CHECKPOINT, weights_only=True)
     assert saved["step"] == 31
@@ -129,7 +133,7 @@ def test_cli_fit_and_export(subject, tmp_path, capsys):
     assert loaded.num_gaussians == model.num_gaussians
     assert torch.equal(loaded.params["means"], model.params["means"])
     capsys.readouterr()
-    code = main(["--quiet", "fit", str(subject), "--config", "tiny", "--stage", "mouth"])
+    code = main(["--quiet", "fit", str(subject), "--config", "tiny", "--stage", "lips"])
     assert code == 2 and "unknown stage" in capsys.readouterr().err
     code = main(["--quiet", "fit", str(subject), "--config", "tiny"])
     assert code == 2 and "--force" in capsys.readouterr().err
@@ -138,7 +142,7 @@ def test_cli_fit_and_export(subject, tmp_path, capsys):
 def test_presets_have_fit_sections():
     for preset in ("cpu", "quality", "tiny"):
         cfg = load_section(FitConfig, preset, "fit")
-        assert [s.name for s in cfg.stages] == ["static"]
+        assert [s.name for s in cfg.stages] == ["static", "mouth", "face", "fuse"]
         assert from_dict(FitConfig, to_dict(cfg)) == cfg
     assert load_section(FitConfig, "cpu", "fit").resolution == 128
     assert load_section(FitConfig, "quality", "fit").resolution == 512
@@ -192,3 +196,42 @@ def test_landmark_metrics_on_real_frames(demo_subject):
     # A sequence against itself shifted in time: the mouth no longer agrees.
     shifted = landmark_metrics(pts[10:], pts[:-10])
     assert shifted["lmd_px"] > 1.0 and (shifted["mouth_open_corr"] or 0) < 0.9
+
+
+def test_every_stage_runs_and_the_head_reloads(fitted):
+    from safetensors.torch import load_file
+
+    from talkgs.model.talking_head import TalkingHead
+
+    root, report = fitted
+    assert list(report["stages"]) == ["static", "mouth", "face", "fuse"]
+    for result in report["stages"].values():
+        assert result["psnr_head"] > 25.0 and result["psnr_mouth"] is not None
+    assert report["mouth_gaussians"] > 0
+    tensors = load_file(str(root / schema.TALKING_HEAD))
+    head = TalkingHead.from_tensors(tensors, 120, tiny_fit().head)  # mel (80) + phonemes (40)
+    assert head.mouth.num_gaussians == report["mouth_gaussians"]
+    # The face stage trained the face motion field: its offsets are no longer zero.
+    last = [k for k in tensors if k.startswith("face_motion.") and "out" in k]
+    assert last and any(tensors[k].abs().sum() > 0 for k in last)
+
+
+def test_incremental_sampling_moves_through_mouth_then_eyes(demo_subject, tmp_path):
+    from talkgs.data import Subject
+    from talkgs.train.context import FitContext
+    from talkgs.train.stages import FaceStage
+
+    ctx = FitContext(Subject(demo_subject[0]), tiny_fit())
+    cfg = dataclasses.replace(tiny_fit().stages[2], iterations=1000, sample_window=0.2, incremental_fraction=0.6)
+    stage = FaceStage.__new__(FaceStage)  # the sampler needs no model
+    stage.ctx, stage.cfg = ctx, cfg
+    gen = torch.Generator().manual_seed(0)
+    train = ctx.train_indices
+    mouth_rank = {int(f): r for r, f in enumerate(train[np.argsort(ctx.mouth_open[train], kind="stable")])}
+    early = [mouth_rank[stage.sample(s, gen)] for s in range(0, 10)]
+    late = [mouth_rank[stage.sample(s, gen)] for s in range(270, 299)]
+    assert max(early) < 0.3 * len(train) and min(late) > 0.6 * len(train)
+    eye_rank = {int(f): r for r, f in enumerate(train[np.argsort(ctx.eye_open[train], kind="stable")])}
+    assert max(eye_rank[stage.sample(s, gen)] for s in range(300, 310)) < 0.3 * len(train)
+    # After the incremental part, every training frame can come up.
+    assert len({stage.sample(s, gen) for s in range(600, 1000)}) > 0.5 * len(train)

@@ -58,6 +58,7 @@ EXPRESSION_CHANNELS = ("blink_left", "blink_right", "mouth_open", "lip_spread", 
 FIT_DIR = "fit"
 FIT_CONFIG = "fit/config.yaml"  # the full FitConfig the run used; eval, render and view rebuild from it
 GAUSSIANS = "fit/gaussians.safetensors"  # the static head's Gaussians (GaussianModel.save)
+TALKING_HEAD = "fit/talking_head.safetensors"  # every part of the talking head (TalkingHead.tensors)
 CHECKPOINT = "fit/checkpoint.pt"  # resumable training state (torch.save, loadable with weights_only)
 FIT_REPORT = "fit/fit_report.json"
 VAL_DIR = "fit/val"  # validation renders of held-out frames, PNG

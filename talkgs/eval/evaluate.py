@@ -29,7 +29,9 @@ def load_fitted(subject_dir: str | Path, device: str | None = None):
     """(context, stage) able to render any frame of a fitted subject, rebuilt from its saved config."""
     import dataclasses
 
-    from talkgs.model.gaussians import GaussianModel
+    from safetensors.torch import load_file
+
+    from talkgs.model.talking_head import TalkingHead
     from talkgs.train.config import FitConfig
     from talkgs.train.context import FitContext
     from talkgs.train.stages import STAGES
@@ -37,15 +39,16 @@ def load_fitted(subject_dir: str | Path, device: str | None = None):
 
     subject = Subject(subject_dir)
     root = subject.root
-    if not (root / schema.GAUSSIANS).is_file() or not (root / schema.FIT_CONFIG).is_file():
+    if not (root / schema.TALKING_HEAD).is_file() or not (root / schema.FIT_CONFIG).is_file():
         raise TalkgsError(f"{root} is not fitted yet; run talkgs fit {root} first")
     cfg = from_dict(FitConfig, load_yaml(root / schema.FIT_CONFIG))
     if device:
         cfg = dataclasses.replace(cfg, device=device)
     ctx = FitContext(subject, cfg)
-    model = GaussianModel.load(root / schema.GAUSSIANS, device=ctx.device)
+    audio_dim = ctx.features.shape[-1] if ctx.features is not None else 1
+    head = TalkingHead.from_tensors(load_file(str(root / schema.TALKING_HEAD)), audio_dim, cfg.head).to(ctx.device)
     last = cfg.stages[-1]
-    return ctx, STAGES[last.name](ctx, last, model)
+    return ctx, STAGES[last.name](ctx, last, head)
 
 
 def _lpips_fn(device):

@@ -129,3 +129,28 @@ def initial_points(template: np.ndarray, frames: list[np.ndarray], labels: list[
     fp, fc = face_points(template, cfg.face_points, frames, w2cs, K, rng)
     hp, hc = hair_points(template, cfg.hair_points, frames, labels, w2cs, K, cfg.ellipsoid_margin, rng)
     return np.concatenate([fp, hp]).astype(np.float32), np.concatenate([fc, hc]).astype(np.float32)
+
+
+def mouth_points(template: np.ndarray, n: int, open_m: float, depth_m: float, frames: list[np.ndarray],
+                 w2cs: list[np.ndarray], K: np.ndarray, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
+    """``n`` points [n, 3] filling the mouth cavity behind the lips, and their colours [n, 3].
+
+    The cavity is an elliptic slab: as wide as the inner lip contour, from a little above the lips'
+    meeting line to ``open_m`` below it (the widest opening of the video), and from just behind the
+    lips to ``depth_m`` deep. Colours are the median, over the given (open-mouth) frames, of the pixels
+    the points project to.
+    """
+    inner = template[list(topo.LIPS_INNER)]
+    cx, half_w = 0.5 * (inner[:, 0].min() + inner[:, 0].max()), 0.5 * (inner[:, 0].max() - inner[:, 0].min())
+    top, bottom = inner[:, 1].mean() - 0.25 * open_m, inner[:, 1].mean() + open_m
+    front = float(inner[:, 2].mean())
+    u = rng.uniform(-1, 1, (4 * n, 2))
+    u = u[(u**2).sum(-1) <= 1][:n]  # inside the unit disc
+    pts = np.stack([cx + half_w * u[:, 0], 0.5 * (top + bottom) + 0.5 * (bottom - top) * u[:, 1],
+                    front + 0.003 + rng.uniform(0, depth_m - 0.003, len(u))], -1)
+    colours = np.full((len(frames), len(pts), 3), np.nan)
+    for k, (frame, w2c) in enumerate(zip(frames, w2cs)):
+        uv, z = _project(pts, w2c, K)
+        ok = z > 0
+        colours[k, ok] = _sample(frame, uv[ok]) / 255.0
+    return pts.astype(np.float32), np.nan_to_num(np.nanmedian(colours, axis=0), nan=0.2).astype(np.float32)

@@ -9,6 +9,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+from talkgs.model.talking_head import HeadConfig
+
 
 @dataclass
 class InitConfig:
@@ -50,6 +52,9 @@ class LossConfig:
     """D-SSIM weight (kornia's SSIM, 11x11 Gaussian window); L1 + D-SSIM as in 3DGS."""
     alpha: float = 0.1
     """L1 between the rendered alpha and the head mask, which keeps Gaussians inside the head."""
+    offsets: float = 0.01
+    """Mean absolute motion offset (metres, log-scale, quaternion units) times this: motion stays
+    small unless the images ask for it."""
     ssim_window: int = 11
 
 
@@ -65,6 +70,8 @@ class LRConfig:
     opacities: float = 5e-2
     sh0: float = 2.5e-3
     shN: float = 2.5e-3 / 20
+    network: float = 2e-3
+    """Adam learning rate of the audio encoders and motion fields (hash grids included)."""
 
 
 @dataclass
@@ -77,6 +84,13 @@ class StageConfig:
     densify: DensifyConfig = field(default_factory=DensifyConfig)
     sh_degree_every: int = 500
     """One more SH band every this many iterations, up to the model's degree."""
+    sampler: str = "uniform"
+    """"uniform" over the training frames, or "incremental" (TalkingGaussian): a window over the
+    frames sorted by mouth opening moves from closed to open, then one over eye openness."""
+    sample_window: float = 0.25
+    """Incremental sampling: the window holds this fraction of the training frames."""
+    incremental_fraction: float = 0.6
+    """Incremental sampling: this fraction of the stage uses the moving windows, the rest is uniform."""
 
 
 @dataclass
@@ -90,7 +104,13 @@ class FitConfig:
     backend: str = "auto"
     """Rasterizer: "auto" (gsplat on CUDA, else torch), "torch" or "gsplat"."""
     init: InitConfig = field(default_factory=InitConfig)
-    stages: list[StageConfig] = field(default_factory=lambda: [StageConfig()])
+    head: HeadConfig = field(default_factory=HeadConfig)
+    stages: list[StageConfig] = field(default_factory=lambda: [
+        StageConfig(name="static"),
+        StageConfig(name="mouth", iterations=600, densify=DensifyConfig(refine_stop_iter=400, max_gaussians=5000)),
+        StageConfig(name="face", iterations=1500, sampler="incremental", densify=DensifyConfig(enabled=False)),
+        StageConfig(name="fuse", iterations=400, lr=LRConfig(network=5e-4), densify=DensifyConfig(enabled=False)),
+    ])
     checkpoint_every: int = 250
     """Steps between resumable checkpoints (Ctrl-C also saves one)."""
     val_every: int = 500

@@ -56,6 +56,33 @@ class FitContext:
         self.test_indices = subject.test_indices
         # Scene scale for learning rates and densification thresholds: the camera's distance.
         self.scene_scale = float(np.median(np.linalg.norm(subject.w2c[:, :3, 3], axis=-1)))
+        signals = subject.signals
+        self.mouth_open = signals["mouth_open"]  # [F]
+        self.eye_open = np.minimum(signals["blink_left"], signals["blink_right"])  # [F]
+        self.expression = torch.tensor(signals["expression"], dtype=torch.float32, device=self.device)  # [F, E]
+        self.features = self._audio_features(cfg.head.audio_encoders)  # [F, 2, D] or None
+
+    def _audio_features(self, encoders) -> torch.Tensor | None:
+        """The subject's features of ``encoders``, concatenated per step; None if it has no audio."""
+        have = set(self.subject.audio_encoders)
+        if not have:
+            return None
+        missing = [e for e in encoders if e not in have]
+        if missing:
+            from talkgs.errors import TalkgsError
+
+            raise TalkgsError(f"{self.subject.root} has no {', '.join(missing)} audio features (it has "
+                              f"{', '.join(sorted(have))}); prepare it with --audio-encoder {','.join(encoders)}")
+        feats = [np.asarray(self.subject.audio_features(e), np.float32) for e in encoders]
+        return torch.tensor(np.concatenate(feats, axis=-1), device=self.device)
+
+    def require_audio(self, stage: str) -> torch.Tensor:
+        if self.features is None:
+            from talkgs.errors import TalkgsError
+
+            raise TalkgsError(f"stage {stage} needs audio, and {self.subject.root} has none (its video had no "
+                              "audio track)")
+        return self.features
 
     def batch(self, index: int) -> Batch:
         frame = torch.from_numpy(np.array(self.cache.frames[index])).to(self.device)

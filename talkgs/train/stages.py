@@ -1,70 +1,186 @@
-"""Training stages. A stage says what is rendered and what the loss is; the trainer does the rest.
+"""Training stages. A stage says what is rendered, what is trained and what the loss is; the generic
+trainer does the rest. Each kind is registered in ``STAGES`` under the name ``StageConfig.name`` uses.
 
-Each stage kind is a class registered in ``STAGES`` under the name that ``StageConfig.name`` uses.
+TalkingGaussian's order: the static head (warm-up), the mouth interior branch, the face branch with
+incremental sampling, and a final fuse of both over the real background and torso.
 """
 
 from __future__ import annotations
 
+import numpy as np
 import torch
 
 from talkgs.data.schema import HEAD_LABELS, Label
 from talkgs.model.gaussians import GaussianModel
 from talkgs.model.losses import dssim, masked_l1, psnr
-from talkgs.render import rasterize
+from talkgs.model.talking_head import TalkingHead
+from talkgs.render import composite, rasterize
 from talkgs.train.config import StageConfig
 from talkgs.train.context import Batch, FitContext
 
 
-class StaticStage:
-    """The canonical head: persistent Gaussians seen through the tracked cameras.
+class Stage:
+    """The static head: persistent Gaussians seen through the tracked cameras.
 
     The head is face skin, hair, ears and the top of the neck, composited over the frame's torso
-    layer and the background plate. The mouth interior is left out (its own branch renders it later):
-    it is excluded from the colour loss and the head must stay transparent there.
+    layer and the background plate. The mouth interior is left out (its own branch renders it): it
+    is excluded from the colour loss and the head must stay transparent there.
+
+    Subclasses change what moves, what is trained and where the loss looks.
     """
 
     name = "static"
+    #: The branch whose render output drives the alpha loss and densification.
+    primary = "face"
+    #: Which branches are rendered, and whether their motion fields are applied.
+    face_motion = False
+    mouth = False
+    mouth_motion = False
 
-    def __init__(self, ctx: FitContext, cfg: StageConfig, model: GaussianModel):
+    def __init__(self, ctx: FitContext, cfg: StageConfig, head: TalkingHead):
         self.ctx = ctx
         self.cfg = cfg
-        self.model = model
-        device = ctx.device
-        self._head = torch.tensor([int(lb) for lb in HEAD_LABELS], device=device)
+        self.head = head
+        self._head_labels = torch.tensor([int(lb) for lb in HEAD_LABELS], device=ctx.device)
+        if self.face_motion or self.mouth_motion:
+            ctx.require_audio(self.name)
 
+    # -- what is trained ------------------------------------------------------------------------------
+    def gaussians(self) -> GaussianModel | None:
+        """The Gaussians this stage optimises and densifies (None: they stay fixed)."""
+        return self.head.face
+
+    def networks(self) -> list[torch.nn.Module]:
+        """The networks this stage trains."""
+        return []
+
+    def sample(self, step: int, gen: torch.Generator) -> int:
+        """The training frame of ``step``."""
+        train = self.ctx.train_indices
+        return int(train[int(torch.randint(len(train), (1,), generator=gen))])
+
+    # -- rendering and loss -------------------------------------------------------------------------
     def masks(self, batch: Batch) -> dict[str, torch.Tensor]:
         """[R, R, 1] float masks: colour-loss weight, head (PSNR region), alpha target and its weight."""
         labels = batch.labels
-        head = torch.isin(labels, self._head)
+        head = torch.isin(labels, self._head_labels)
         mouth = labels == Label.MOUTH
+        colour = torch.ones_like(mouth) if self.mouth else ~mouth
         # Neck pixels are "don't care" for alpha: the head may cover the top of the neck there.
-        alpha_weight = labels != Label.NECK
         return {
-            "colour": (~mouth)[..., None].float(),
+            "colour": colour[..., None].float(),
             "head": head[..., None].float(),
             "alpha_target": head[..., None].float(),
-            "alpha_weight": alpha_weight[..., None].float(),
+            "alpha_weight": (labels != Label.NECK)[..., None].float(),
+            "mouth": mouth[..., None].float(),
         }
 
     def render(self, batch: Batch, sh_degree: int | None = None):
-        g = self.model.activated()
-        out = rasterize(g["means"], g["quats"], g["scales"], g["opacities"], g["colors"], batch.viewmat, batch.K,
-                        self.ctx.resolution, self.ctx.resolution, backend=self.ctx.cfg.backend, sh_degree=sh_degree)
-        composite = out.image + (1.0 - out.alpha) * batch.under
-        return composite, out
+        """(composite [R, R, 3], {branch: RenderOutput}) of one frame; the offsets go to ``self.last_deltas``."""
+        ctx, head = self.ctx, self.head
+        index = torch.tensor([batch.index], device=ctx.device)
+        deltas = []
+        face_d = head.face_deltas(ctx.features, index, ctx.expression[batch.index]) if self.face_motion else None
+        face = self._raster(head.deformed("face", face_d), batch, sh_degree)
+        mouth_out = None
+        if self.mouth:
+            mouth_d = head.mouth_deltas(ctx.features, index) if self.mouth_motion else None
+            mouth_out = self._raster(head.deformed("mouth", mouth_d), batch, sh_degree)
+            deltas.append(mouth_d)
+        deltas.append(face_d)
+        self.last_deltas = [d for d in deltas if d is not None]
+        return composite(face, mouth_out, batch.under), {"face": face, "mouth": mouth_out}
 
-    def loss(self, batch: Batch, composite: torch.Tensor, out) -> tuple[torch.Tensor, dict[str, float]]:
+    def _raster(self, g: dict[str, torch.Tensor], batch: Batch, sh_degree: int | None):
+        res = self.ctx.resolution
+        return rasterize(g["means"], g["quats"], g["scales"], g["opacities"], g["colors"], batch.viewmat, batch.K,
+                         res, res, backend=self.ctx.cfg.backend, sh_degree=sh_degree)
+
+    def loss(self, batch: Batch, image: torch.Tensor, outs) -> tuple[torch.Tensor, dict[str, float]]:
+        out = outs[self.primary]
         m = self.masks(batch)
         w = self.cfg.loss
-        # Mouth pixels take the ground truth in the prediction, so SSIM ignores them too.
-        pred = torch.where(m["colour"] > 0, composite, batch.image)
+        # Pixels outside the colour mask take the ground truth in the prediction, so SSIM ignores them too.
+        pred = torch.where(m["colour"] > 0, image, batch.image)
         l1 = masked_l1(pred, batch.image, m["colour"])
         d = dssim(pred, batch.image, w.ssim_window)
         a = masked_l1(out.alpha, m["alpha_target"], m["alpha_weight"])
-        loss = w.l1 * l1 + w.dssim * d + w.alpha * a
+        loss = w.l1 * l1 + w.dssim * d + w.alpha * a + w.offsets * self._offsets()
         with torch.no_grad():
-            p = psnr(composite, batch.image, m["head"])
+            p = psnr(image, batch.image, m["head"])
         return loss, {"l1": l1.item(), "dssim": d.item(), "alpha": a.item(), "psnr_head": p.item()}
 
+    def _offsets(self) -> torch.Tensor:
+        terms = [t.abs().mean() for d in self.last_deltas for t in (d.d_means, d.d_quats, d.d_scales) if t is not None]
+        return torch.stack(terms).sum() if terms else torch.zeros((), device=self.ctx.device)
 
-STAGES = {StaticStage.name: StaticStage}
+
+class MouthStage(Stage):
+    """The mouth interior (teeth, tongue, the dark cavity): its own Gaussians, moved by audio alone.
+
+    Rendered under the fixed static face; the loss looks at the mouth-interior pixels only, and the
+    mouth Gaussians must cover them.
+    """
+
+    name = "mouth"
+    primary = "mouth"
+    mouth = True
+    mouth_motion = True
+
+    def gaussians(self) -> GaussianModel | None:
+        return self.head.mouth
+
+    def networks(self) -> list[torch.nn.Module]:
+        return [self.head.audio_mouth, self.head.mouth_motion]
+
+    def masks(self, batch: Batch) -> dict[str, torch.Tensor]:
+        m = super().masks(batch)
+        inside = m["mouth"]
+        outside = ((batch.labels == Label.BACKGROUND) | (batch.labels == Label.TORSO))[..., None].float()
+        return {**m, "colour": inside, "alpha_target": inside, "alpha_weight": inside + outside}
+
+
+class FaceStage(Stage):
+    """The face branch: audio- and expression-driven offsets of the face Gaussians.
+
+    Trained on every pixel of the composite (the mouth branch is in place now), with TalkingGaussian's
+    incremental sampling when the stage config asks for it.
+    """
+
+    name = "face"
+    face_motion = True
+    mouth = True
+    mouth_motion = True
+
+    def gaussians(self) -> GaussianModel | None:
+        return None
+
+    def networks(self) -> list[torch.nn.Module]:
+        return [self.head.audio_face, self.head.face_motion]
+
+    def sample(self, step: int, gen: torch.Generator) -> int:
+        cfg = self.cfg
+        progress = step / max(cfg.iterations, 1)
+        if cfg.sampler != "incremental" or progress >= cfg.incremental_fraction:
+            return super().sample(step, gen)
+        train = self.ctx.train_indices
+        # First half of the incremental part: a window over mouth opening; then over eye openness.
+        q = progress / cfg.incremental_fraction
+        key = self.ctx.mouth_open if q < 0.5 else self.ctx.eye_open
+        q = (q % 0.5) * 2
+        order = train[np.argsort(key[train], kind="stable")]
+        window = max(1, int(round(cfg.sample_window * len(order))))
+        start = int(round(q * (len(order) - window)))
+        return int(order[start + int(torch.randint(window, (1,), generator=gen))])
+
+
+class FuseStage(FaceStage):
+    """Both branches together over the real background and torso: every network is fine-tuned."""
+
+    name = "fuse"
+
+    def networks(self) -> list[torch.nn.Module]:
+        return list(self.head.networks().values())
+
+
+STAGES = {cls.name: cls for cls in (Stage, MouthStage, FaceStage, FuseStage)}

@@ -15,14 +15,17 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from safetensors.torch import save_file
 
 import talkgs
 from talkgs.data import schema
+from talkgs.data.schema import Label
 from talkgs.data.subject import Subject
 from talkgs.errors import TalkgsError
 from talkgs.model.gaussians import GaussianModel
-from talkgs.model.init_head import initial_points
+from talkgs.model.init_head import initial_points, mouth_points
 from talkgs.model.losses import psnr, ssim
+from talkgs.model.talking_head import TalkingHead
 from talkgs.train.checkpoint import load_checkpoint, save_checkpoint
 from talkgs.train.config import FitConfig, StageConfig
 from talkgs.train.context import FitContext
@@ -32,12 +35,20 @@ from talkgs.utils import log
 from talkgs.utils.config import from_dict, load_yaml, save_yaml, to_dict
 
 
-def _optimizers(model: GaussianModel, cfg: StageConfig, scene_scale: float) -> dict[str, torch.optim.Adam]:
-    # One Adam per parameter, as gsplat's strategies expect (they resize each one's moments).
-    lrs = {"means": cfg.lr.means * scene_scale, "scales": cfg.lr.scales, "quats": cfg.lr.quats,
-           "opacities": cfg.lr.opacities, "sh0": cfg.lr.sh0, "shN": cfg.lr.shN}
-    return {k: torch.optim.Adam([{"params": [p], "lr": lrs[k], "name": k}], eps=1e-15)
-            for k, p in model.params.items()}
+def _optimizers(model: GaussianModel | None, networks: list[torch.nn.Module], cfg: StageConfig,
+                scene_scale: float) -> dict[str, torch.optim.Adam]:
+    # One Adam per Gaussian parameter, as gsplat's strategies expect (they resize each one's moments),
+    # and one for all the networks the stage trains.
+    out = {}
+    if model is not None:
+        lrs = {"means": cfg.lr.means * scene_scale, "scales": cfg.lr.scales, "quats": cfg.lr.quats,
+               "opacities": cfg.lr.opacities, "sh0": cfg.lr.sh0, "shN": cfg.lr.shN}
+        out = {k: torch.optim.Adam([{"params": [p], "lr": lrs[k], "name": k}], eps=1e-15)
+               for k, p in model.params.items()}
+    params = [p for net in networks for p in net.parameters()]
+    if params:
+        out["networks"] = torch.optim.Adam(params, lr=cfg.lr.network)
+    return out
 
 
 class Trainer:
@@ -71,8 +82,9 @@ class Trainer:
         gen = torch.Generator().manual_seed(cfg.seed)
         report: dict = {"stages": {}}
         ckpt = load_checkpoint(self.root / schema.CHECKPOINT, ctx.device) if self.resume else None
+        audio_dim = ctx.features.shape[-1] if ctx.features is not None else 1
         if ckpt is not None:
-            model = GaussianModel(**ckpt["model"]).to(ctx.device)
+            head = TalkingHead.from_tensors(ckpt["model"], audio_dim, cfg.head).to(ctx.device)
             gen.set_state(ckpt["sampler"])
             torch.set_rng_state(ckpt["rng"])
             report = json.loads(ckpt["report"])
@@ -80,50 +92,67 @@ class Trainer:
             log.info(f"resuming stage {cfg.stages[first_stage].name if first_stage < len(cfg.stages) else 'end'} "
                      f"at step {first_step}")
         else:
-            model = self._initial_model(ctx).to(ctx.device)
+            head = self._initial_head(ctx, audio_dim).to(ctx.device)
             first_stage, first_step = 0, 0
         for k in range(first_stage, len(cfg.stages)):
             stage_cfg = cfg.stages[k]
             resume_state = ckpt if (ckpt is not None and k == first_stage and first_step > 0) else None
-            report["stages"][stage_cfg.name] = self._run_stage(k, stage_cfg, model, gen, report,
+            report["stages"][stage_cfg.name] = self._run_stage(k, stage_cfg, head, gen, report,
                                                                first_step if resume_state else 0, resume_state)
-        model.save(self.root / schema.GAUSSIANS)
+        head.face.save(self.root / schema.GAUSSIANS)
+        save_file(head.tensors(), str(self.root / schema.TALKING_HEAD))
         report.update({"talkgs_version": talkgs.__version__, "device": str(ctx.device), "resolution": cfg.resolution,
-                       "gaussians": model.num_gaussians})
+                       "gaussians": head.face.num_gaussians, "mouth_gaussians": head.mouth.num_gaussians})
         (self.root / schema.FIT_REPORT).write_text(json.dumps(report, indent=1))
         return report
 
-    def _initial_model(self, ctx: FitContext) -> GaussianModel:
+    def _initial_head(self, ctx: FitContext, audio_dim: int) -> TalkingHead:
         cfg = self.cfg
         picks = ctx.train_indices[np.linspace(0, len(ctx.train_indices) - 1, cfg.init.init_frames).round().astype(int)]
         frames = [np.array(ctx.cache.frames[i]) for i in picks]
         labels = [np.array(ctx.cache.labels[i]) for i in picks]
         w2cs = [self.subject.w2c[i] for i in picks]
-        pts, rgb = initial_points(self.subject.template, frames, labels, w2cs, ctx.K.cpu().numpy().astype(np.float64),
-                                  cfg.init, cfg.seed)
-        log.info(f"{len(pts)} initial Gaussians")
-        return GaussianModel.from_points(torch.from_numpy(pts), torch.from_numpy(rgb), sh_degree=cfg.sh_degree,
+        K = ctx.K.cpu().numpy().astype(np.float64)
+        pts, rgb = initial_points(self.subject.template, frames, labels, w2cs, K, cfg.init, cfg.seed)
+        face = GaussianModel.from_points(torch.from_numpy(pts), torch.from_numpy(rgb), sh_degree=cfg.sh_degree,
                                          init_opacity=cfg.init.init_opacity,
                                          scale_multiplier=cfg.init.scale_multiplier)
+        # The mouth cavity, coloured from the frames where the mouth is widest open.
+        train = ctx.train_indices
+        widest = train[np.argsort(ctx.mouth_open[train])[-cfg.init.init_frames:]]
+        eye_width = float(np.linalg.norm(self.subject.template[263] - self.subject.template[33]))
+        open_m = float(np.percentile(ctx.mouth_open[train], 95)) * eye_width
+        mp, mrgb = mouth_points(self.subject.template, cfg.head.mouth_points, open_m, cfg.head.mouth_depth_m,
+                                [np.array(ctx.cache.frames[i]) for i in widest], [self.subject.w2c[i] for i in widest],
+                                K, np.random.default_rng(cfg.seed + 1))
+        mouth = GaussianModel.from_points(torch.from_numpy(mp), torch.from_numpy(mrgb), sh_degree=cfg.sh_degree,
+                                          init_opacity=cfg.init.init_opacity,
+                                          scale_multiplier=cfg.init.scale_multiplier)
+        log.info(f"{face.num_gaussians} initial face Gaussians, {mouth.num_gaussians} mouth Gaussians")
+        head = TalkingHead(face, mouth, audio_dim, cfg.head)
+        if ctx.features is not None:
+            train_t = torch.as_tensor(train, device=ctx.device)
+            head.set_input_stats(ctx.features[train_t].cpu(), ctx.expression[train_t].cpu())
+        return head
 
-    def _checkpoint(self, stage_index: int, step: int, model: GaussianModel, optimizers, strategy_state,
+    def _checkpoint(self, stage_index: int, step: int, head: TalkingHead, optimizers, strategy_state,
                     gen: torch.Generator, report: dict, elapsed: float = 0.0) -> None:
         save_checkpoint(self.root / schema.CHECKPOINT, {
-            "stage_index": stage_index, "step": step, "elapsed": elapsed,
-            "model": {k: v.detach() for k, v in model.params.items()}, "sh_degree": model.sh_degree,
+            "stage_index": stage_index, "step": step, "elapsed": elapsed, "model": head.tensors(),
             "optimizers": {k: o.state_dict() for k, o in optimizers.items()} if optimizers else {},
             "strategy": strategy_state or {},
             "sampler": gen.get_state(), "rng": torch.get_rng_state(), "report": json.dumps(report),
         })
 
-    def _run_stage(self, index: int, cfg: StageConfig, model: GaussianModel, gen: torch.Generator, report: dict,
+    def _run_stage(self, index: int, cfg: StageConfig, head: TalkingHead, gen: torch.Generator, report: dict,
                    start: int, ckpt: dict | None) -> dict:
         if cfg.name not in STAGES:
             raise TalkgsError(f"unknown stage {cfg.name!r} (known: {', '.join(STAGES)})")
         ctx = self.ctx
-        stage = STAGES[cfg.name](ctx, cfg, model)
-        optimizers = _optimizers(model, cfg, ctx.scene_scale)
-        strategy = make_strategy(cfg.densify) if cfg.densify.enabled else None
+        stage = STAGES[cfg.name](ctx, cfg, head)
+        model = stage.gaussians()
+        optimizers = _optimizers(model, stage.networks(), cfg, ctx.scene_scale)
+        strategy = make_strategy(cfg.densify) if cfg.densify.enabled and model is not None else None
         state = strategy.initialize_state(scene_scale=ctx.scene_scale) if strategy else None
         if strategy:
             strategy.check_sanity(model.params, optimizers)
@@ -136,44 +165,47 @@ class Trainer:
             elapsed = float(ckpt.get("elapsed", 0.0))
         means_lr0 = cfg.lr.means * ctx.scene_scale
         gamma = (cfg.lr.means_final / cfg.lr.means) ** (1.0 / max(cfg.iterations, 1))
-        train = torch.as_tensor(ctx.train_indices)
         t0 = time.perf_counter() - elapsed
         bar = log.progress(range(start, cfg.iterations), total=cfg.iterations, initial=start, desc=cfg.name)
+        sh_max = head.face.sh_degree
         with _DeferredInterrupt() as interrupt:
             for step in bar:
-                for group in optimizers["means"].param_groups:
-                    group["lr"] = means_lr0 * gamma**step
-                idx = int(train[torch.randint(len(train), (1,), generator=gen)])
-                batch = ctx.batch(idx)
-                composite, out = stage.render(batch, sh_degree=min(step // cfg.sh_degree_every, model.sh_degree))
-                loss, logs = stage.loss(batch, composite, out)
+                if "means" in optimizers:
+                    for group in optimizers["means"].param_groups:
+                        group["lr"] = means_lr0 * gamma**step
+                batch = ctx.batch(stage.sample(step, gen))
+                composite, outs = stage.render(batch, sh_degree=min(step // cfg.sh_degree_every, sh_max))
+                loss, logs = stage.loss(batch, composite, outs)
+                info = outs[stage.primary].info
                 if strategy:
-                    strategy.step_pre_backward(model.params, optimizers, state, step, out.info)
+                    strategy.step_pre_backward(model.params, optimizers, state, step, info)
                 loss.backward()
                 for o in optimizers.values():
                     o.step()
                     o.zero_grad(set_to_none=True)
                 if strategy:
-                    strategy.step_post_backward(model.params, optimizers, state, step, out.info, packed=False)
+                    strategy.step_post_backward(model.params, optimizers, state, step, info, packed=False)
                 if step % 10 == 0:
-                    bar.set_postfix(loss=f"{loss.item():.4f}", psnr=f"{logs['psnr_head']:.2f}", n=model.num_gaussians)
+                    bar.set_postfix(loss=f"{loss.item():.4f}", psnr=f"{logs['psnr_head']:.2f}",
+                                    n=head.face.num_gaussians + head.mouth.num_gaussians)
                 done = step + 1
                 if done % self.cfg.val_every == 0 and done < cfg.iterations:
                     self._validate(stage, cfg.name, done)
                 if interrupt.requested or (done % self.cfg.checkpoint_every == 0 and done < cfg.iterations):
-                    self._checkpoint(index, done, model, optimizers, state, gen, report, time.perf_counter() - t0)
+                    self._checkpoint(index, done, head, optimizers, state, gen, report, time.perf_counter() - t0)
                 if interrupt.requested:
                     bar.close()
                     log.warn(f"interrupted in stage {cfg.name} after step {done}: checkpoint saved; "
                              "continue with talkgs fit --resume")
                     raise KeyboardInterrupt
         seconds = time.perf_counter() - t0
-        result = {"seconds": round(seconds, 1), "iterations": cfg.iterations, "gaussians": model.num_gaussians,
-                  **self._evaluate(stage, cfg.name)}
+        result = {"seconds": round(seconds, 1), "iterations": cfg.iterations, "gaussians": head.face.num_gaussians,
+                  "mouth_gaussians": head.mouth.num_gaussians, **self._evaluate(stage, cfg.name)}
         report["stages"][cfg.name] = result
-        self._checkpoint(index + 1, 0, model, None, None, gen, report)
-        log.info(f"stage {cfg.name}: {cfg.iterations} iterations in {seconds:.0f} s, {model.num_gaussians} Gaussians, "
-                 f"held-out PSNR {result['psnr_head']:.2f} dB (head), {result['psnr']:.2f} dB (frame)")
+        self._checkpoint(index + 1, 0, head, None, None, gen, report)
+        scores = ", ".join(f"{result[k]:.2f} dB {k.removeprefix('psnr_') if k != 'psnr' else 'frame'}"
+                           for k in ("psnr_head", "psnr_mouth", "psnr") if result[k] is not None)
+        log.info(f"stage {cfg.name}: {cfg.iterations} iterations in {seconds:.0f} s, held-out PSNR {scores}")
         return result
 
     # -- validation --------------------------------------------------------------------------------
@@ -201,15 +233,18 @@ class Trainer:
         """Held-out metrics over every test frame: PSNR on the head region, PSNR and SSIM on the frame."""
         self._validate(stage, name, -1)
         ctx = self.ctx
-        head, full, sim = [], [], []
+        head, mouth, full, sim = [], [], [], []
         for i in ctx.test_indices:
             batch = ctx.batch(int(i))
             composite, _ = stage.render(batch)
             head.append(float(psnr(composite, batch.image, stage.masks(batch)["head"])))
+            lips = ((batch.labels == Label.MOUTH) | (batch.labels == Label.LIPS))[..., None].float()
+            if lips.sum() > 0:
+                mouth.append(float(psnr(composite, batch.image, lips)))
             full.append(float(psnr(composite, batch.image)))
             sim.append(float(ssim(composite.clamp(0, 1), batch.image)))
         finite = lambda v: float(np.mean(v)) if v and math.isfinite(np.mean(v)) else None  # noqa: E731
-        return {"psnr_head": finite(head), "psnr": finite(full), "ssim": finite(sim),
+        return {"psnr_head": finite(head), "psnr_mouth": finite(mouth), "psnr": finite(full), "ssim": finite(sim),
                 "test_frames": len(ctx.test_indices)}
 
 

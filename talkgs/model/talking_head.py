@@ -1,0 +1,99 @@
+"""The talking head: face and mouth Gaussians, their audio-driven motion fields and audio encoders.
+
+As in TalkingGaussian, the face and the inside of the mouth are separate branches with their own
+persistent Gaussians. The face moves with audio and expression (blink, brows), the mouth interior
+with audio alone; each branch has its own audio encoder. Untrained motion fields return zero
+offsets, so a fresh TalkingHead renders exactly the static head.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+
+import torch
+from torch import Tensor, nn
+
+from talkgs.model.audio_net import AudioNet, AudioNetConfig
+from talkgs.model.gaussians import PARAM_NAMES, GaussianModel
+from talkgs.model.hashgrid import HashGridConfig
+from talkgs.model.motion import FaceMotionField, MotionDeltas, MotionFieldConfig, MouthMotionField, apply_deltas
+
+
+@dataclass
+class HeadConfig:
+    audio_encoders: tuple[str, ...] = ("mel", "phonemes")
+    """Audio features of the subject folder fed to the audio nets, concatenated per step (log-mel
+    carries loudness and timbre, phone one-hots carry speaker-independent mouth shapes)."""
+    audio: AudioNetConfig = field(default_factory=AudioNetConfig)
+    motion: MotionFieldConfig = field(default_factory=lambda: MotionFieldConfig(
+        hashgrid=HashGridConfig(levels=8, log2_table=12, max_resolution=256)))
+    """The default grid is smaller than the hash grid's own default: it runs on every training step
+    on CPU, and 8 levels up to 256 cells over the head box resolve the lips (about 2.5 mm)."""
+    mouth_points: int = 1500
+    """Initial Gaussians of the mouth interior."""
+    mouth_depth_m: float = 0.025
+    """The mouth Gaussians start this deep behind the lips (teeth and tongue sit just behind them)."""
+
+
+class TalkingHead(nn.Module):
+    """All trainable parts of a fitted subject.
+
+    Args:
+        face, mouth: the two branches' Gaussians.
+        audio_dim: D of the concatenated per-step audio features.
+        expr_mean, expr_std: [5] normalisation of the expression signals (from the training frames).
+    """
+
+    def __init__(self, face: GaussianModel, mouth: GaussianModel, audio_dim: int, cfg: HeadConfig):
+        super().__init__()
+        self.cfg = cfg
+        self.face = face
+        self.mouth = mouth
+        self.audio_face = AudioNet(audio_dim, cfg.audio)
+        self.audio_mouth = AudioNet(audio_dim, cfg.audio)
+        motion = dataclasses.replace(cfg.motion, audio_dim=cfg.audio.out_dim)
+        self.face_motion = FaceMotionField(motion)
+        self.mouth_motion = MouthMotionField(motion)
+        self.register_buffer("expr_mean", torch.zeros(motion.expr_dim))  # [E]
+        self.register_buffer("expr_std", torch.ones(motion.expr_dim))  # [E]
+
+    def networks(self) -> dict[str, nn.Module]:
+        return {"audio_face": self.audio_face, "audio_mouth": self.audio_mouth, "face_motion": self.face_motion,
+                "mouth_motion": self.mouth_motion}
+
+    @torch.no_grad()
+    def set_input_stats(self, features: Tensor, expression: Tensor) -> None:
+        """Standardise the audio features [F, 2, D] and expressions [F, E] with training-frame statistics."""
+        self.audio_face.set_feature_stats(features)
+        self.audio_mouth.set_feature_stats(features)
+        self.expr_mean.copy_(expression.mean(0))
+        self.expr_std.copy_(expression.std(0).clamp_min(1e-3))
+
+    def face_deltas(self, features: Tensor, index: Tensor, expression: Tensor) -> MotionDeltas:
+        """Face offsets for frame ``index`` [1]: features [F, 2, D], expression [E] of that frame."""
+        audio = self.audio_face(features, index)[0]  # [A]
+        expr = (expression - self.expr_mean) / self.expr_std
+        return self.face_motion(self.face.params["means"].detach(), audio, expr)
+
+    def mouth_deltas(self, features: Tensor, index: Tensor) -> MotionDeltas:
+        audio = self.audio_mouth(features, index)[0]
+        return self.mouth_motion(self.mouth.params["means"].detach(), audio)
+
+    def deformed(self, branch: str, deltas: MotionDeltas | None) -> dict[str, Tensor]:
+        """Activated Gaussians of ``branch`` ("face" or "mouth"), deformed by ``deltas`` when given."""
+        model = self.face if branch == "face" else self.mouth
+        return model.activated() if deltas is None else apply_deltas(model, deltas)
+
+    # -- flat tensors for checkpoints and saving -----------------------------------------------------
+    def tensors(self) -> dict[str, Tensor]:
+        return {k: v.detach() for k, v in self.state_dict().items()}
+
+    @classmethod
+    def from_tensors(cls, tensors: dict[str, Tensor], audio_dim: int, cfg: HeadConfig) -> TalkingHead:
+        """Rebuild from ``tensors()``; the Gaussian counts come from the tensors (densification changes them)."""
+        face = GaussianModel(**{k: tensors[f"face.params.{k}"] for k in PARAM_NAMES})
+        mouth = GaussianModel(**{k: tensors[f"mouth.params.{k}"] for k in PARAM_NAMES})
+        head = cls(face, mouth, audio_dim, cfg)
+        head.load_state_dict(tensors)
+        return head
