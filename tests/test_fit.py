@@ -235,3 +235,26 @@ def test_incremental_sampling_moves_through_mouth_then_eyes(demo_subject, tmp_pa
     assert max(eye_rank[stage.sample(s, gen)] for s in range(300, 310)) < 0.3 * len(train)
     # After the incremental part, every training frame can come up.
     assert len({stage.sample(s, gen) for s in range(600, 1000)}) > 0.5 * len(train)
+
+
+def test_render_test_split(fitted, tmp_path, capsys):
+    from talkgs.data import Subject
+
+    root, _ = fitted
+    out = tmp_path / "held_out.mp4"
+    assert main(["--quiet", "render", str(root), "--split", "test", "-o", str(out)]) == 0
+    info = media.probe_video(out)
+    assert info.has_audio and info.width == 64 and abs(info.duration - 45 / 25) < 0.1
+    frames = [f.astype(float) for f in media.read_frames(out, (64, 64))]
+    assert len(frames) == 45
+    # Frame i matches held-out frame (test_start + i), with its own torso, better than frames 10 away.
+    s = Subject(root)
+    start = s.test_range[0]
+    import cv2
+
+    truth = [cv2.resize(f, (64, 64), interpolation=cv2.INTER_AREA).astype(float) for f in s.frames(start)]
+    for i in (12, 20, 30):
+        errs = [np.abs(frames[i] - truth[j]).mean() for j in (i - 10, i, i + 10)]
+        assert int(np.argmin(errs)) == 1
+    assert main(["--quiet", "render", str(root), "--split", "test", "-o", str(out)]) == 2
+    assert "--force" in capsys.readouterr().err

@@ -8,7 +8,6 @@ written to the side-by-side video and dropped.
 from __future__ import annotations
 
 import json
-import subprocess
 from pathlib import Path
 
 import numpy as np
@@ -100,7 +99,7 @@ def evaluate(subject_dir: str | Path, json_path: str | Path | None = None, video
             out.write(np.concatenate([g8, r8, err], 1))
             rendered.append(r8)
             truth.append(g8)
-    _mux_test_audio(ctx.subject, tmp_video, video_path)
+    mux_split_audio(ctx.subject, tmp_video, video_path, int(ctx.test_indices[0]))
     marks = landmark_metrics(track_landmarks(rendered), track_landmarks(truth))
     mean = lambda v: round(float(np.mean(v)), 4) if v else None  # noqa: E731
     report = {
@@ -116,18 +115,13 @@ def evaluate(subject_dir: str | Path, json_path: str | Path | None = None, video
     return report
 
 
-def _mux_test_audio(subject: Subject, video: Path, out: Path) -> None:
-    """Mux the held-out frames' own audio under the side-by-side video (or move it as it is)."""
+def mux_split_audio(subject: Subject, video: Path, out: Path, start_frame: int) -> None:
+    """Put the subject's audio from ``start_frame`` on under ``video`` as ``out`` (or move it as it is
+    when the subject has no audio); ``video`` is removed."""
     try:
-        _, sr = subject.audio()
-    except TalkgsError:
-        video.replace(out)
-        return
-    start = subject.test_range[0] / subject.fps
-    cmd = [media.ffmpeg_exe(), "-nostdin", "-v", "error", "-y", "-i", str(video), "-ss", f"{start:.6f}",
-           "-i", str(subject.root / schema.AUDIO), "-map", "0:v", "-map", "1:a", "-c:v", "copy", "-c:a", "aac",
-           "-shortest", str(out)]
-    try:
-        subprocess.run(cmd, check=True, capture_output=True)
+        if subject.meta["audio"].get("file"):
+            media.mux_audio(video, subject.root / schema.AUDIO, out, start_frame / subject.fps)
+        else:
+            video.replace(out)
     finally:
         video.unlink(missing_ok=True)

@@ -225,3 +225,14 @@ class VideoWriter:
 
     def __exit__(self, *exc) -> None:
         self.close()
+
+
+def mux_audio(video: str | os.PathLike, audio: str | os.PathLike, out: str | os.PathLike, start_s: float = 0.0) -> None:
+    """Copy ``video``'s stream into ``out`` with ``audio`` from ``start_s`` on, encoded as AAC and cut
+    to the video's length."""
+    cmd = [ffmpeg_exe(), "-nostdin", "-v", "error", "-y", "-i", str(video), "-ss", f"{start_s:.6f}", "-i", str(audio),
+           "-map", "0:v", "-map", "1:a", "-c:v", "copy", "-c:a", "aac", "-shortest", str(out)]
+    proc = subprocess.run(cmd, capture_output=True)
+    if proc.returncode != 0:
+        err = proc.stderr.decode(errors="replace").strip().splitlines()
+        raise TalkgsError(f"could not mux audio into {out}: {err[-1] if err else 'ffmpeg failed'}")
