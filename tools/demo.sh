@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Set up a fresh machine and run the demo on the bundled public-domain clip: prepare the subject,
-# fit the static Gaussian head (cpu preset, about 5 minutes on 2 cores), export it as a PLY.
+# fit the talking head (cpu preset: static, mouth, face and fuse stages, about 15 minutes on 2 cores),
+# export the static head as a PLY.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bash tools/setup.sh

@@ -151,11 +151,17 @@ class Trainer:
         ctx = self.ctx
         stage = STAGES[cfg.name](ctx, cfg, head)
         model = stage.gaussians()
+        # Only what the stage trains needs gradients; the rest is skipped by autograd.
+        head.requires_grad_(False)
+        for module in ([model] if model is not None else []) + stage.networks():
+            module.requires_grad_(True)
         optimizers = _optimizers(model, stage.networks(), cfg, ctx.scene_scale)
         strategy = make_strategy(cfg.densify) if cfg.densify.enabled and model is not None else None
         state = strategy.initialize_state(scene_scale=ctx.scene_scale) if strategy else None
+        # The strategy resizes the Gaussians' own optimizers, never the networks'.
+        gauss_opts = {k: o for k, o in optimizers.items() if model is not None and k in model.params}
         if strategy:
-            strategy.check_sanity(model.params, optimizers)
+            strategy.check_sanity(model.params, gauss_opts)
         elapsed = 0.0
         if ckpt is not None:
             for k, o in optimizers.items():
@@ -178,13 +184,13 @@ class Trainer:
                 loss, logs = stage.loss(batch, composite, outs)
                 info = outs[stage.primary].info
                 if strategy:
-                    strategy.step_pre_backward(model.params, optimizers, state, step, info)
+                    strategy.step_pre_backward(model.params, gauss_opts, state, step, info)
                 loss.backward()
                 for o in optimizers.values():
                     o.step()
                     o.zero_grad(set_to_none=True)
                 if strategy:
-                    strategy.step_post_backward(model.params, optimizers, state, step, info, packed=False)
+                    strategy.step_post_backward(model.params, gauss_opts, state, step, info, packed=False)
                 if step % 10 == 0:
                     bar.set_postfix(loss=f"{loss.item():.4f}", psnr=f"{logs['psnr_head']:.2f}",
                                     n=head.face.num_gaussians + head.mouth.num_gaussians)
