@@ -52,6 +52,7 @@ class FitContext:
         self.w2c = torch.tensor(subject.w2c, dtype=torch.float32, device=self.device)  # [F, 4, 4]
         plate = cv2.resize(subject.background, (cfg.resolution, cfg.resolution), interpolation=cv2.INTER_AREA)
         self.background = torch.tensor(plate, dtype=torch.float32, device=self.device) / 255.0  # [R, R, 3]
+        self._torso_labels = torch.tensor(schema.TORSO_LABELS, device=self.device)
         self.train_indices = subject.train_indices
         self.test_indices = subject.test_indices
         # Scene scale for learning rates and densification thresholds: the camera's distance.
@@ -88,6 +89,6 @@ class FitContext:
         frame = torch.from_numpy(np.array(self.cache.frames[index])).to(self.device)
         labels = torch.from_numpy(np.array(self.cache.labels[index])).to(self.device)
         image = frame.float() / 255.0
-        torso = torch.isin(labels, torch.tensor(schema.TORSO_LABELS, device=self.device))[..., None]
+        torso = torch.isin(labels, self._torso_labels)[..., None]
         under = torch.where(torso, image, self.background)
         return Batch(index, image, labels, under, self.w2c[index], self.K)

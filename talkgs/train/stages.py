@@ -163,15 +163,21 @@ class FaceStage(Stage):
         progress = step / max(cfg.iterations, 1)
         if cfg.sampler != "incremental" or progress >= cfg.incremental_fraction:
             return super().sample(step, gen)
-        train = self.ctx.train_indices
         # First half of the incremental part: a window over mouth opening; then over eye openness.
         q = progress / cfg.incremental_fraction
-        key = self.ctx.mouth_open if q < 0.5 else self.ctx.eye_open
+        order = self._order("mouth_open" if q < 0.5 else "eye_open")
         q = (q % 0.5) * 2
-        order = train[np.argsort(key[train], kind="stable")]
         window = max(1, int(round(cfg.sample_window * len(order))))
         start = int(round(q * (len(order) - window)))
         return int(order[start + int(torch.randint(window, (1,), generator=gen))])
+
+    def _order(self, signal: str) -> np.ndarray:
+        """Training frames sorted by ``signal`` (computed once per stage)."""
+        cache = self.__dict__.setdefault("_orders", {})
+        if signal not in cache:
+            train = self.ctx.train_indices
+            cache[signal] = train[np.argsort(getattr(self.ctx, signal)[train], kind="stable")]
+        return cache[signal]
 
 
 class FuseStage(FaceStage):
