@@ -258,3 +258,16 @@ def test_render_test_split(fitted, tmp_path, capsys):
         assert int(np.argmin(errs)) == 1
     assert main(["--quiet", "render", str(root), "--split", "test", "-o", str(out)]) == 2
     assert "--force" in capsys.readouterr().err
+
+
+def test_fit_a_video_prepares_then_fits(tmp_path):
+    from conftest import DEMO, ffmpeg
+
+    clip = tmp_path / "clip.mp4"
+    ffmpeg("-i", str(DEMO), "-t", "4", "-c:v", "libx264", "-crf", "14", "-c:a", "aac", str(clip))
+    out = tmp_path / "subject"
+    assert main(["--quiet", "fit", str(clip), "-o", str(out), "--config", "tiny", "--iterations", "5"]) == 0
+    report = json.loads((out / schema.FIT_REPORT).read_text())
+    assert list(report["stages"]) == ["static", "mouth", "face", "fuse"]
+    assert (out / schema.MANIFEST).is_file() and (out / schema.TALKING_HEAD).is_file()
+    assert main(["--quiet", "fit", str(clip), "--config", "tiny"]) == 2  # a video needs -o
