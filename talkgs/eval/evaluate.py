@@ -16,7 +16,7 @@ import torch
 from talkgs.data import schema
 from talkgs.data.subject import Subject
 from talkgs.errors import TalkgsError
-from talkgs.eval.landmark_metrics import landmark_metrics, track_landmarks
+from talkgs.eval.landmark_metrics import LandmarkTracker, landmark_metrics
 from talkgs.model.losses import psnr, ssim
 from talkgs.utils import log, media
 
@@ -75,7 +75,8 @@ def evaluate(subject_dir: str | Path, json_path: str | Path | None = None, video
         log.info(f"lpips: null ({lpips_reason})")
     res = ctx.resolution
     scores: dict[str, list[float]] = {"psnr": [], "ssim": [], "psnr_head": [], "psnr_mouth": [], "lpips": []}
-    rendered, truth = [], []
+    # Landmarks are tracked while the frames stream, so no frame is kept.
+    rendered, truth = LandmarkTracker(), LandmarkTracker()
     tmp_video = video_path.with_name(video_path.name + ".tmp.mp4")
     with media.VideoWriter(tmp_video, (3 * res, res), ctx.subject.fps, crf=16, preset="veryfast",
                            pix_fmt="yuv420p") as out:
@@ -97,10 +98,10 @@ def evaluate(subject_dir: str | Path, json_path: str | Path | None = None, video
             g8 = (batch.image.cpu().numpy() * 255).round().astype(np.uint8)
             err = np.clip(np.abs(r8.astype(int) - g8.astype(int)) * 4, 0, 255).astype(np.uint8)
             out.write(np.concatenate([g8, r8, err], 1))
-            rendered.append(r8)
-            truth.append(g8)
+            rendered.add(r8)
+            truth.add(g8)
     mux_split_audio(ctx.subject, tmp_video, video_path, int(ctx.test_indices[0]))
-    marks = landmark_metrics(track_landmarks(rendered), track_landmarks(truth))
+    marks = landmark_metrics(rendered.result(), truth.result())
     mean = lambda v: round(float(np.mean(v)), 4) if v else None  # noqa: E731
     report = {
         "psnr": mean(scores["psnr"]), "ssim": mean(scores["ssim"]),

@@ -22,18 +22,30 @@ DETECT_SIZE = 512
 MOUTH = list(topo.LIPS_OUTER + topo.LIPS_INNER)
 
 
+class LandmarkTracker:
+    """Landmarks of a frame sequence, fed one frame at a time (tracking mode, so order matters)."""
+
+    def __init__(self):
+        self._detector = FaceMeshDetector(FaceConfig(max_faces=1))
+        self._points: list[np.ndarray] = []
+
+    def add(self, frame: np.ndarray) -> None:
+        big = cv2.resize(frame, (DETECT_SIZE, DETECT_SIZE), interpolation=cv2.INTER_CUBIC)
+        faces = self._detector(big)
+        self._points.append(faces[0][:, :2] if faces else np.full((478, 2), np.nan, np.float32))
+
+    def result(self) -> np.ndarray:
+        """[T, 478, 2] in pixels at DETECT_SIZE (NaN where no face was found); closes the detector."""
+        self._detector.close()
+        return np.stack(self._points) if self._points else np.zeros((0, 478, 2), np.float32)
+
+
 def track_landmarks(frames: Iterable[np.ndarray]) -> np.ndarray:
     """Landmarks [T, 478, 2] in pixels at DETECT_SIZE for a sequence of RGB frames (NaN where none)."""
-    detector = FaceMeshDetector(FaceConfig(max_faces=1))
-    out = []
-    try:
-        for frame in frames:
-            big = cv2.resize(frame, (DETECT_SIZE, DETECT_SIZE), interpolation=cv2.INTER_CUBIC)
-            faces = detector(big)
-            out.append(faces[0][:, :2] if faces else np.full((478, 2), np.nan, np.float32))
-    finally:
-        detector.close()
-    return np.stack(out) if out else np.zeros((0, 478, 2), np.float32)
+    tracker = LandmarkTracker()
+    for frame in frames:
+        tracker.add(frame)
+    return tracker.result()
 
 
 def _ratio(pts: np.ndarray, pairs, corners) -> np.ndarray:
