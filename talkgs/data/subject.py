@@ -101,11 +101,22 @@ class Subject:
         """[478, 3] landmark template in canonical head space (metres)."""
         return self._cameras["template"]
 
+    @property
+    def cuts(self) -> np.ndarray:
+        """[C] frames c with a camera cut between frame c - 1 and c."""
+        return self._cameras["cuts"]
+
     @cached_property
     def landmarks(self) -> np.ndarray:
         """[F, 478, 3] MediaPipe landmarks in output pixels (x, y, and relative depth z)."""
         with np.load(self.root / schema.LANDMARKS) as z:
             return z["points"]
+
+    @cached_property
+    def landmarks_found(self) -> np.ndarray:
+        """[F] bool: MediaPipe found the face in that frame (elsewhere the landmarks are interpolated)."""
+        with np.load(self.root / schema.LANDMARKS) as z:
+            return z["found"]
 
     @cached_property
     def signals(self) -> dict[str, np.ndarray]:

@@ -32,16 +32,18 @@ class MotionFieldConfig:
     """Hidden layers of each MLP (the one after the encoding and the one producing the offsets), >= 1."""
     audio_dim: int = 32
     """A, the size of the per-frame audio embedding (``AudioNetConfig.out_dim``)."""
-    expr_dim: int = 5
-    """E, the expression channels (``talkgs.data.schema.EXPRESSION_CHANNELS``); the face field only."""
+    expr_dim: int = 2
+    """E, the expression channels (``HeadConfig.expression``, set from it); the face field only."""
     offset_scale: float = 1e-2
     """Factor on the raw network output (TalkingGaussian's ``* 1e-2``): keeps early offsets small next to the
     head's size, so the deformation grows from the static head instead of scattering it."""
 
     def __post_init__(self) -> None:
-        for name in ("hidden", "layers", "audio_dim", "expr_dim"):
+        for name in ("hidden", "layers", "audio_dim"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
+        if self.expr_dim < 0:
+            raise ValueError(f"expr_dim must be >= 0, got {self.expr_dim}")
         if not self.offset_scale > 0:
             raise ValueError(f"offset_scale must be > 0, got {self.offset_scale}")
 

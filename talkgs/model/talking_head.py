@@ -1,7 +1,7 @@
 """The talking head: face and mouth Gaussians, their audio-driven motion fields and audio encoders.
 
 As in TalkingGaussian, the face and the inside of the mouth are separate branches with their own
-persistent Gaussians. The face moves with audio and expression (blink, brows), the mouth interior
+persistent Gaussians. The face moves with audio and the blink signals, the mouth interior
 with audio alone; each branch has its own audio encoder. Untrained motion fields return zero
 offsets, so a fresh TalkingHead renders exactly the static head.
 """
@@ -30,6 +30,11 @@ class HeadConfig:
         hashgrid=HashGridConfig(levels=8, log2_table=12, max_resolution=256)))
     """The default grid is smaller than the hash grid's own default: it runs on every training step
     on CPU, and 8 levels up to 256 cells over the head box resolve the lips (about 2.5 mm)."""
+    expression: tuple[str, ...] = ("blink_left", "blink_right")
+    """Per-frame signals of the subject (``schema.EXPRESSION_CHANNELS``) fed to the face field next to the
+    audio. Only signals that exist at render time belong here: blinks can be replayed, removed or
+    synthesised for any speech, but the mouth signals of the training video say nothing about new audio,
+    and a field that leaned on them would not move the lips when driven by speech alone."""
     mouth_points: int = 1500
     """Initial Gaussians of the mouth interior."""
     mouth_depth_m: float = 0.025
@@ -42,7 +47,7 @@ class TalkingHead(nn.Module):
     Args:
         face, mouth: the two branches' Gaussians.
         audio_dim: D of the concatenated per-step audio features.
-        expr_mean, expr_std: [5] normalisation of the expression signals (from the training frames).
+        expr_mean, expr_std: [E] normalisation of the expression signals (from the training frames).
     """
 
     def __init__(self, face: GaussianModel, mouth: GaussianModel, audio_dim: int, cfg: HeadConfig):
@@ -52,7 +57,7 @@ class TalkingHead(nn.Module):
         self.mouth = mouth
         self.audio_face = AudioNet(audio_dim, cfg.audio)
         self.audio_mouth = AudioNet(audio_dim, cfg.audio)
-        motion = dataclasses.replace(cfg.motion, audio_dim=cfg.audio.out_dim)
+        motion = dataclasses.replace(cfg.motion, audio_dim=cfg.audio.out_dim, expr_dim=len(cfg.expression))
         self.face_motion = FaceMotionField(motion)
         self.mouth_motion = MouthMotionField(motion)
         self.register_buffer("expr_mean", torch.zeros(motion.expr_dim))  # [E]
@@ -70,11 +75,17 @@ class TalkingHead(nn.Module):
         self.expr_mean.copy_(expression.mean(0))
         self.expr_std.copy_(expression.std(0).clamp_min(1e-3))
 
-    def face_deltas(self, features: Tensor, index: Tensor, expression: Tensor) -> MotionDeltas:
-        """Face offsets for frame ``index`` [1]: features [F, 2, D], expression [E] of that frame."""
-        audio = self.audio_face(features, index)[0]  # [A]
-        expr = (expression - self.expr_mean) / self.expr_std
-        return self.face_motion(self.face.params["means"].detach(), audio, expr)
+    def face_inputs(self, features: Tensor, index: Tensor, expression: Tensor) -> tuple[Tensor, Tensor]:
+        """(audio embedding [A], standardised expression [E]) of frame ``index`` [1]: features [F, 2, D],
+        expression [E] of that frame (``cfg.expression`` channels)."""
+        return self.audio_face(features, index)[0], (expression - self.expr_mean) / self.expr_std
+
+    def face_deltas(self, features: Tensor, index: Tensor, expression: Tensor,
+                    points: Tensor | None = None) -> MotionDeltas:
+        """Face offsets for frame ``index`` [1] at the face Gaussians, or at ``points`` [M, 3] (canonical
+        positions such as the landmark template) when given."""
+        audio, expr = self.face_inputs(features, index, expression)
+        return self.face_motion(self.face.params["means"].detach() if points is None else points, audio, expr)
 
     def mouth_deltas(self, features: Tensor, index: Tensor) -> MotionDeltas:
         audio = self.audio_mouth(features, index)[0]

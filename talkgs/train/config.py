@@ -55,6 +55,14 @@ class LossConfig:
     offsets: float = 0.01
     """Mean absolute motion offset (metres, log-scale, quaternion units) times this: motion stays
     small unless the images ask for it."""
+    landmarks: float = 0.05
+    """Stages with face motion: the weight of the landmark loss, the mean distance in pixels (at the
+    training resolution) between the tracked lip, jaw and eyelid landmarks and the template landmarks
+    moved by the face Gaussians around them. The photometric loss sees lips a few pixels tall at CPU
+    resolutions; the landmarks tell the audio net directly how far the mouth opens in every frame."""
+    landmark_neighbours: int = 8
+    """Face Gaussians (nearest in canonical space) whose offsets move each landmark, inverse-distance
+    weighted."""
     ssim_window: int = 11
 
 

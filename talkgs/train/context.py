@@ -60,7 +60,21 @@ class FitContext:
         signals = subject.signals
         self.mouth_open = signals["mouth_open"]  # [F]
         self.eye_open = np.minimum(signals["blink_left"], signals["blink_right"])  # [F]
-        self.expression = torch.tensor(signals["expression"], dtype=torch.float32, device=self.device)  # [F, E]
+        unknown = [c for c in cfg.head.expression if c not in schema.EXPRESSION_CHANNELS]
+        if unknown:
+            from talkgs.errors import TalkgsError
+
+            raise TalkgsError(f"unknown expression channel(s) {', '.join(unknown)} in head.expression (known: "
+                              f"{', '.join(schema.EXPRESSION_CHANNELS)})")
+        expr = np.stack([signals[c] for c in cfg.head.expression], axis=-1) if cfg.head.expression else \
+            np.zeros((subject.num_frames, 0))
+        self.expression = torch.tensor(expr, dtype=torch.float32, device=self.device)  # [F, E]
+        # Tracked landmarks at training resolution: the targets of the landmark loss.
+        marks = subject.landmarks_found
+        self.landmarks = torch.tensor(subject.landmarks[..., :2] * scale, dtype=torch.float32,
+                                      device=self.device)  # [F, 478, 2]
+        self.landmarks_found = torch.tensor(marks, device=self.device)  # [F]
+        self.template = torch.tensor(subject.template, dtype=torch.float32, device=self.device)  # [478, 3]
         self.features = self._audio_features(cfg.head.audio_encoders)  # [F, 2, D] or None
 
     def _audio_features(self, encoders) -> torch.Tensor | None:

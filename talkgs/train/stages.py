@@ -14,9 +14,14 @@ from talkgs.data.schema import HEAD_LABELS, Label
 from talkgs.model.gaussians import GaussianModel
 from talkgs.model.losses import dssim, masked_l1, psnr
 from talkgs.model.talking_head import TalkingHead
+from talkgs.prepare import topology as topo
 from talkgs.render import composite, rasterize
 from talkgs.train.config import StageConfig
 from talkgs.train.context import Batch, FitContext
+
+#: Landmarks of the landmark loss: what speech and blinks move (lips, jaw line, eyelids).
+LANDMARK_LOSS_IDS = list(dict.fromkeys(topo.LIPS_OUTER + topo.LIPS_INNER + topo.LOWER_JAW + topo.LEFT_EYE
+                                       + topo.RIGHT_EYE))
 
 
 class Stage:
@@ -89,6 +94,7 @@ class Stage:
             deltas.append(mouth_d)
         deltas.append(face_d)
         self.last_deltas = [d for d in deltas if d is not None]
+        self.last_face_deltas = face_d
         return composite(face, mouth_out, batch.under), {"face": face, "mouth": mouth_out}
 
     def _raster(self, g: dict[str, torch.Tensor], batch: Batch, sh_degree: int | None):
@@ -106,9 +112,35 @@ class Stage:
         d = dssim(pred, batch.image, w.ssim_window)
         a = masked_l1(out.alpha, m["alpha_target"], m["alpha_weight"])
         loss = w.l1 * l1 + w.dssim * d + w.alpha * a + w.offsets * self._offsets()
+        logs = {"l1": l1.item(), "dssim": d.item(), "alpha": a.item()}
+        if self.face_motion and w.landmarks > 0 and bool(self.ctx.landmarks_found[batch.index]):
+            lm = self._landmark_loss(batch)
+            loss = loss + w.landmarks * lm
+            logs["landmarks_px"] = lm.item()
         with torch.no_grad():
-            p = psnr(image, batch.image, m["head"])
-        return loss, {"l1": l1.item(), "dssim": d.item(), "alpha": a.item(), "psnr_head": p.item()}
+            logs["psnr_head"] = psnr(image, batch.image, m["head"]).item()
+        return loss, logs
+
+    def _landmark_loss(self, batch: Batch) -> torch.Tensor:
+        """Mean pixel distance between the tracked landmarks of ``batch`` and the template landmarks
+        moved by the offsets of the face Gaussians around them (``LossConfig.landmarks``)."""
+        idx, weight = self._anchors()
+        moved = self.ctx.template[LANDMARK_LOSS_IDS] + (self.last_face_deltas.d_means[idx] * weight[..., None]).sum(1)
+        cam = moved @ batch.viewmat[:3, :3].T + batch.viewmat[:3, 3]  # [M, 3]
+        uv = cam @ batch.K.T
+        uv = uv[:, :2] / uv[:, 2:].clamp_min(1e-6)
+        return (uv - self.ctx.landmarks[batch.index, LANDMARK_LOSS_IDS]).norm(dim=-1).mean()
+
+    def _anchors(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """([M, k] indices, [M, k] weights): the face Gaussians nearest each loss landmark (the canonical
+        means are fixed while the face field trains, so this is computed once per stage)."""
+        if "_anchor_cache" not in self.__dict__:
+            means = self.head.face.params["means"].detach()
+            d = torch.cdist(self.ctx.template[LANDMARK_LOSS_IDS], means)  # [M, N]
+            dist, idx = d.topk(min(self.cfg.loss.landmark_neighbours, means.shape[0]), largest=False)
+            w = 1.0 / dist.clamp_min(1e-4)
+            self._anchor_cache = (idx, w / w.sum(1, keepdim=True))
+        return self._anchor_cache
 
     def _offsets(self) -> torch.Tensor:
         terms = [t.abs().mean() for d in self.last_deltas for t in (d.d_means, d.d_quats, d.d_scales) if t is not None]
