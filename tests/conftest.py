@@ -50,6 +50,20 @@ def demo_subject(tmp_path_factory) -> tuple[Path, dict]:
 
 
 @pytest.fixture(scope="session")
+def fitted(demo_subject, tmp_path_factory) -> tuple[Path, dict]:
+    """The demo subject fitted with the tiny preset, every stage (shared by the fit, render and viewer tests)."""
+    import shutil
+
+    from talkgs.train.config import FitConfig
+    from talkgs.train.trainer import Trainer
+
+    root = tmp_path_factory.mktemp("fitted") / "demo"
+    shutil.copytree(demo_subject[0], root, ignore=shutil.ignore_patterns("preview", "fit"))
+    report = Trainer(root, load_section(FitConfig, "tiny", "fit")).run()
+    return root, report
+
+
+@pytest.fixture(scope="session")
 def wide_subject(tmp_path_factory) -> tuple[Path, dict]:
     """The wide 960x540 shot (not square) prepared with the tiny preset."""
     from talkgs.prepare.pipeline import prepare

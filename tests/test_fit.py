@@ -35,14 +35,6 @@ def subject(demo_subject, tmp_path):
     return root
 
 
-@pytest.fixture(scope="module")
-def fitted(demo_subject, tmp_path_factory):
-    root = tmp_path_factory.mktemp("fitted") / "demo"
-    shutil.copytree(demo_subject[0], root, ignore=shutil.ignore_patterns("preview", "fit"))
-    report = Trainer(root, tiny_fit()).run()
-    return root, report
-
-
 def test_static_fit_learns_the_head(fitted):
     root, report = fitted
     stage = report["stages"]["static"]

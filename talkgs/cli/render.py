@@ -1,4 +1,4 @@
-"""Render a fitted subject to a video with its audio muxed."""
+"""Render a fitted subject speaking any audio (or its own held-out frames) to a video with the audio muxed."""
 
 from __future__ import annotations
 
@@ -7,18 +7,47 @@ import argparse
 
 def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("render", help=__doc__.strip().rstrip("."), description=__doc__,
-                       epilog="Example: talkgs render my_subject --split test -o held_out.mp4")
+                       epilog="Examples: talkgs render my_subject --audio speech.wav -o talk.mp4;  "
+                              "talkgs render my_subject --split test -o held_out.mp4")
     p.add_argument("subject", metavar="SUBJECT_DIR")
     p.add_argument("-o", "--output", required=True, metavar="OUT.mp4")
-    p.add_argument("--split", choices=("test", "train"), default="test",
-                   help="render these frames with their own audio, poses and torso (frame i of the output is "
-                        "frame start+i of frames.mp4)")
+    src = p.add_mutually_exclusive_group()
+    src.add_argument("--audio", metavar="SPEECH", help="any audio ffmpeg reads; the video lasts as long as it")
+    src.add_argument("--split", choices=("test", "train"),
+                     help="render these frames of the subject with their own audio, poses and torso (frame i of "
+                          "the output is frame start+i of frames.mp4); the default without --audio is test")
+    p.add_argument("--pose", default="replay", metavar="replay|static|FILE",
+                   help="replay: the training head motion forward and backward (default); static: hold one frame "
+                        "(--static-frame); FILE: .npy [T,4,4] or .npz with w2c world-to-camera poses")
+    p.add_argument("--static-frame", type=int, metavar="N", help="frame held by --pose static")
+    p.add_argument("--yaw", type=float, default=0.0, help="turn the head about its vertical axis (degrees)")
+    p.add_argument("--pitch", type=float, default=0.0, help="tilt the head up or down (degrees)")
+    p.add_argument("--blink", choices=("natural", "none", "auto"), default="natural",
+                   help="natural: the training blinks; none: eyes open; auto: synthetic blinks at a natural rate")
+    p.add_argument("--background", default="original", metavar="original|COLOUR|IMAGE",
+                   help="the subject's background plate, a colour (white, #00ff00, 0,255,0) or an image file")
+    p.add_argument("--size", type=int, metavar="PX", help="output side in pixels (default: the fit's resolution)")
     p.add_argument("--device", choices=("auto", "cpu", "cuda"), help="rendering device (default: the fit's)")
     p.add_argument("--force", action="store_true", help="replace an existing OUT")
     p.set_defaults(run=run)
 
 
 def run(args: argparse.Namespace) -> int:
+    from talkgs.utils import log
+
+    if args.audio is None:
+        return _render_split(args)
+    from talkgs.render.driver import DriveConfig, render_speech
+
+    cfg = DriveConfig(pose=args.pose, static_frame=args.static_frame, yaw=args.yaw, pitch=args.pitch,
+                      blink=args.blink, background=args.background, size=args.size)
+    summary = render_speech(args.subject, args.audio, args.output, cfg, args.device, args.force)
+    log.info(f"wrote {summary['output']}: {summary['frames']} frames at {summary['fps']:g} fps "
+             f"({summary['duration_s']:.2f} s; audio {summary['audio_s']:.2f} s), {summary['size']} px")
+    return 0
+
+
+def _render_split(args: argparse.Namespace) -> int:
     from pathlib import Path
 
     import numpy as np
@@ -28,13 +57,14 @@ def run(args: argparse.Namespace) -> int:
     from talkgs.eval.evaluate import load_fitted, mux_split_audio
     from talkgs.utils import log, media
 
+    split = args.split or "test"
     out = Path(args.output)
     if out.exists() and not args.force:
         raise TalkgsError(f"{out} already exists; pass --force to replace it")
     if not out.parent.is_dir():
         raise TalkgsError(f"cannot write {out}: folder {out.parent} does not exist")
     ctx, stage = load_fitted(args.subject, args.device)
-    frames = ctx.test_indices if args.split == "test" else ctx.train_indices
+    frames = ctx.test_indices if split == "test" else ctx.train_indices
     res = ctx.resolution
     tmp = out.with_name(f".{out.name}.tmp.mp4")
     try:
@@ -46,5 +76,5 @@ def run(args: argparse.Namespace) -> int:
         mux_split_audio(ctx.subject, tmp, out, int(frames[0]))
     finally:
         tmp.unlink(missing_ok=True)
-    log.info(f"wrote {out}: {len(frames)} frames ({args.split} split, frames {frames[0]}..{frames[-1]})")
+    log.info(f"wrote {out}: {len(frames)} frames ({split} split, frames {frames[0]}..{frames[-1]})")
     return 0

@@ -229,6 +229,19 @@ class AudioNet(nn.Module):
         self.feature_mean.copy_(flat.mean(0))
         self.feature_std.copy_(flat.std(0, unbiased=False).clamp_min(min_std))
 
+    @property
+    def right_context(self) -> int:
+        """Frames after frame i whose features its embedding reads (0 when causal): a stream must wait
+        this many frames of audio before frame i is final."""
+        c = self.cfg
+        return 0 if c.causal else c.window + (c.attention_frames - 1 - c.attention_frames // 2)
+
+    @property
+    def left_context(self) -> int:
+        """Frames before frame i whose features its embedding reads."""
+        c = self.cfg
+        return 2 * c.window + c.attention_frames - 1 if c.causal else c.window + c.attention_frames // 2
+
     def attention_index(self, index: Tensor, num_frames: int) -> Tensor:
         """[B] frame indices -> [B, A] indices of their attention frames, clamped to [0, num_frames)."""
         a = self.cfg.attention_frames

@@ -141,6 +141,35 @@ def encode_audio(
     return np.ascontiguousarray(feats, dtype=np.float32).reshape(num_frames, 2, -1)  # [F, 2, D]
 
 
+def encode_span(
+    name: str,
+    samples: np.ndarray,
+    start_s: float,
+    times: np.ndarray,
+    cfg: AudioConfig,
+    sample_rate: int = 16000,
+) -> np.ndarray:
+    """Features [T, D] of encoder ``name`` at absolute ``times`` [T] (s), from a stretch of audio.
+
+    The streaming counterpart of ``encode_audio``: ``samples`` (float32 mono) start at ``start_s`` of
+    a longer signal. ``mel`` gives exactly the features of the whole signal when the stretch starts on
+    a multiple of ``MEL_HOP_S`` and holds at least ``MEL_WINDOW_S`` of audio before and after every
+    time. ``phonemes`` and the model encoders see only the stretch, so their features near its ends
+    can differ from a decode of the whole signal.
+    """
+    _check_name(name)
+    rel = np.asarray(times, np.float64) - start_s
+    if len(rel) == 0:
+        return np.zeros((0, feature_dim(name, cfg)), np.float32)
+    if name == "mel":
+        feats = _log_mel(samples, rel, cfg.n_mels, sample_rate)
+    elif name == "phonemes":
+        feats = _phone_one_hot(phone_segments(samples, sample_rate), rel)
+    else:
+        feats = _checkpoint_features(name, samples, rel, cfg)
+    return np.ascontiguousarray(feats, dtype=np.float32)
+
+
 def feature_dim(name: str, cfg: AudioConfig) -> int:
     """D of encoder ``name``; the model encoders read only their checkpoint's config."""
     _check_name(name)

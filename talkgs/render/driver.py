@@ -1,0 +1,549 @@
+"""Drive a fitted head with any speech: audio -> features -> per-frame pose, blink and torso -> frames.
+
+``TalkingRenderer`` loads a fitted subject from its saved config and turns audio into frames, offline
+(``frames``) or as a stream (``stream``): audio chunks in, finished frames out. Both call the same
+per-frame code, so a stream gives the offline frames (exactly with the ``mel`` encoder; see
+``AudioStream`` for the others).
+
+What drives frame i besides the audio (``Track``):
+
+- the head pose: the training track played forward and backward (``replay``), one held frame
+  (``static``), or a poses file; then an optional free-view rotation about the head centre;
+- the torso and neck: those of the training frame whose pose is used, so they move with the head;
+- the blink signal: replayed with the pose (``natural``), eyes held open (``none``), or synthetic
+  blinks at a natural rate (``auto``).
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from pathlib import Path
+
+import cv2
+import numpy as np
+import torch
+
+from talkgs.data import schema
+from talkgs.data.cache import open_cache
+from talkgs.errors import TalkgsError
+from talkgs.render.compositing import composite
+from talkgs.render.rasterizer import RenderOutput, rasterize
+
+POSE_MODES = ("replay", "static")
+BLINK_MODES = ("natural", "none", "auto")
+
+
+@dataclass
+class DriveConfig:
+    """How a fitted head is driven and drawn (``talkgs render`` options)."""
+
+    pose: str = "replay"
+    """"replay": the longest cut-free run of training poses, played forward then backward, so it never
+    jumps; "static": hold ``static_frame``; or a path to a poses file (.npy [T, 4, 4] world-to-camera, or
+    .npz with such a ``w2c`` array), in the subject's canonical head space; it is replayed the same way."""
+    static_frame: int | None = None
+    """Frame held by ``pose: static``; None: the middle of the replay run."""
+    yaw: float = 0.0
+    """Free view: degrees about the head's vertical axis (canonical y), turning the head in place."""
+    pitch: float = 0.0
+    """Free view: degrees about the head's left-right axis (canonical x)."""
+    blink: str = "natural"
+    """"natural" (the training track, replayed with the pose), "none" (eyes open) or "auto"."""
+    blink_per_minute: float = 17.0
+    """``blink: auto``: mean blink rate (adults blink about 15-20 times a minute while talking)."""
+    blink_duration_s: float = 0.25
+    """``blink: auto``: duration of one blink, closing and opening."""
+    blink_min_gap_s: float = 1.0
+    """``blink: auto``: the shortest time between two blinks."""
+    background: str = "original"
+    """"original" (the subject's background plate), a colour ("white", "#00ff00", "0,255,0") or an image."""
+    size: int | None = None
+    """Output side in pixels; None: the fit's training resolution (what the head was optimised for)."""
+    batch: int = 8
+    """Frames whose audio embeddings and deformations are computed together (the GPU's batch)."""
+    seed: int = 0
+    """Seed of the synthetic blinks."""
+
+    def __post_init__(self) -> None:
+        if self.blink not in BLINK_MODES:
+            raise TalkgsError(f"unknown blink mode {self.blink!r} (choose from {', '.join(BLINK_MODES)})")
+        if self.size is not None and not 16 <= self.size <= 4096:
+            raise TalkgsError(f"size must be between 16 and 4096 pixels, got {self.size}")
+        if self.batch < 1:
+            raise TalkgsError(f"batch must be at least 1, got {self.batch}")
+        if not self.blink_per_minute > 0 or not self.blink_duration_s > 0 or self.blink_min_gap_s < 0:
+            raise TalkgsError("blink_per_minute and blink_duration_s must be positive, blink_min_gap_s >= 0")
+
+
+@dataclass
+class Layers:
+    """What is drawn (the viewer's layer switches); everything by default."""
+
+    face: bool = True
+    mouth: bool = True
+    torso: bool = True
+    background: bool = True
+
+
+_COLOURS = {"black": (0, 0, 0), "white": (255, 255, 255), "green": (0, 255, 0), "blue": (0, 0, 255),
+            "grey": (128, 128, 128), "gray": (128, 128, 128)}
+
+
+def parse_background(spec: str, size: int, plate: np.ndarray) -> np.ndarray:
+    """[size, size, 3] uint8 of a ``DriveConfig.background`` value; ``plate`` is the subject's own."""
+    spec = spec.strip()
+    if spec == "original":
+        return cv2.resize(plate, (size, size), interpolation=cv2.INTER_AREA)
+    rgb = None
+    if spec.lower() in _COLOURS:
+        rgb = _COLOURS[spec.lower()]
+    elif spec.startswith("#") and len(spec) == 7:
+        try:
+            rgb = tuple(int(spec[i:i + 2], 16) for i in (1, 3, 5))
+        except ValueError:
+            rgb = None
+    elif spec.count(",") == 2:
+        try:
+            rgb = tuple(int(v) for v in spec.split(","))
+        except ValueError:
+            rgb = None
+        if rgb is not None and not all(0 <= v <= 255 for v in rgb):
+            rgb = None
+    if rgb is not None:
+        return np.broadcast_to(np.array(rgb, np.uint8), (size, size, 3)).copy()
+    path = Path(spec)
+    if not path.is_file():
+        raise TalkgsError(f"background {spec!r} is not 'original', a colour (white, #00ff00, 0,255,0) or an image file")
+    image = cv2.imread(str(path), cv2.IMREAD_COLOR)
+    if image is None:
+        raise TalkgsError(f"background {path} is not an image that OpenCV can read")
+    h, w = image.shape[:2]
+    side = min(h, w)  # centre square crop, as prepare crops the video
+    image = image[(h - side) // 2:(h - side) // 2 + side, (w - side) // 2:(w - side) // 2 + side]
+    return cv2.cvtColor(cv2.resize(image, (size, size), interpolation=cv2.INTER_AREA), cv2.COLOR_BGR2RGB)
+
+
+def longest_run(indices: np.ndarray, cuts) -> np.ndarray:
+    """The longest stretch of consecutive ``indices`` with no cut inside (a cut c lies between c-1 and c)."""
+    cut_set = {int(c) for c in cuts}
+    runs, start = [], 0
+    for k in range(1, len(indices) + 1):
+        if k == len(indices) or indices[k] != indices[k - 1] + 1 or int(indices[k]) in cut_set:
+            runs.append(indices[start:k])
+            start = k
+    return max(runs, key=len)
+
+
+def ping_pong(i: int, n: int) -> int:
+    """Position in 0..n-1 of step i when walking forward and backward over n items."""
+    if n == 1:
+        return 0
+    period = 2 * n - 2
+    p = i % period
+    return p if p < n else period - p
+
+
+def _rotation(yaw_deg: float, pitch_deg: float) -> np.ndarray:
+    y, p = math.radians(yaw_deg), math.radians(pitch_deg)
+    ry = np.array([[math.cos(y), 0, math.sin(y)], [0, 1, 0], [-math.sin(y), 0, math.cos(y)]])
+    rx = np.array([[1, 0, 0], [0, math.cos(p), -math.sin(p)], [0, math.sin(p), math.cos(p)]])
+    return ry @ rx
+
+
+def load_poses(path: str | Path) -> np.ndarray:
+    """[T, 4, 4] world-to-camera matrices of a poses file (.npy, or .npz with ``w2c``)."""
+    path = Path(path)
+    if not path.is_file():
+        raise TalkgsError(f"pose file {path} does not exist (or use --pose replay / static)")
+    if path.suffix.lower() not in (".npy", ".npz"):
+        raise TalkgsError(f"unknown pose file format {path.suffix or path.name!r}: expected .npy with [T, 4, 4] "
+                          "world-to-camera matrices, or .npz with a 'w2c' array")
+    try:
+        data = np.load(path, allow_pickle=False)
+        poses = data["w2c"] if path.suffix.lower() == ".npz" else data
+    except (ValueError, KeyError, OSError) as e:
+        raise TalkgsError(f"cannot read poses from {path}: {str(e).splitlines()[0] if str(e) else type(e).__name__}"
+                          ) from None
+    poses = np.asarray(poses, np.float64)
+    if poses.ndim != 3 or poses.shape[1:] != (4, 4) or len(poses) == 0 or not np.isfinite(poses).all():
+        raise TalkgsError(f"{path}: poses must be a finite [T, 4, 4] array, got shape {poses.shape}")
+    return poses
+
+
+class Track:
+    """Per-frame pose, torso source frame and expression for any output frame index (unbounded)."""
+
+    def __init__(self, subject, expression: np.ndarray, cfg: DriveConfig):
+        """``expression``: [F, E] the subject's values of the head's expression channels."""
+        self.cfg = cfg
+        run = longest_run(subject.train_indices, subject.cuts)
+        w2c = subject.w2c
+        if cfg.pose == "replay":
+            self._poses, self._sources = w2c[run], run
+        elif cfg.pose == "static":
+            frame = int(run[len(run) // 2]) if cfg.static_frame is None else int(cfg.static_frame)
+            if not 0 <= frame < subject.num_frames:
+                raise TalkgsError(f"static frame {frame} is outside the subject's 0..{subject.num_frames - 1}")
+            self._poses, self._sources = w2c[frame:frame + 1], np.array([frame])
+        else:
+            poses = load_poses(cfg.pose)
+            self._poses = poses
+            self._sources = self._nearest_frames(poses, w2c[run], run)
+        pivot = subject.template.mean(0)
+        r = _rotation(cfg.yaw, cfg.pitch)
+        turn = np.eye(4)
+        turn[:3, :3] = r
+        turn[:3, 3] = pivot - r @ pivot  # rotate about the head centre, not the canonical origin
+        self._turn = turn
+        self._expression = np.asarray(expression, np.float64)  # [F, E]
+        train = subject.train_indices
+        self._open = np.median(self._expression[train], axis=0) if len(train) else np.ones(expression.shape[1])
+        self._closed = np.percentile(self._expression[train], 1, axis=0) if len(train) else np.zeros_like(self._open)
+        self._fps = subject.fps
+        self._blinks: list[float] = []  # synthetic blink start times (s), extended on demand
+        self._rng = np.random.default_rng(cfg.seed)
+
+    @staticmethod
+    def _nearest_frames(poses: np.ndarray, train_poses: np.ndarray, run: np.ndarray) -> np.ndarray:
+        """For each pose, the training frame whose pose is closest (its torso goes with it)."""
+        scale = np.median(np.linalg.norm(train_poses[:, :3, 3], axis=-1))
+        a = np.concatenate([poses[:, :3, :3].reshape(len(poses), -1), poses[:, :3, 3] / scale], 1)
+        b = np.concatenate([train_poses[:, :3, :3].reshape(len(train_poses), -1), train_poses[:, :3, 3] / scale], 1)
+        d = ((a[:, None] - b[None]) ** 2).sum(-1)
+        return run[d.argmin(1)]
+
+    def pose(self, i: int) -> tuple[np.ndarray, int]:
+        """(world-to-camera [4, 4] with the free-view turn, torso source frame) of output frame i."""
+        k = ping_pong(i, len(self._poses))
+        return self._poses[k] @ self._turn, int(self._sources[k])
+
+    def expression(self, i: int) -> np.ndarray:
+        """[E] expression channels of output frame i for the blink mode."""
+        mode = self.cfg.blink
+        if mode == "natural":
+            return self._expression[self.pose(i)[1]]
+        if mode == "none":
+            return self._open
+        return self._open + (self._closed - self._open) * self._blink_amount(i / self._fps)
+
+    def _blink_amount(self, t: float) -> float:
+        """0 (open) .. 1 (closed) of the synthetic blinks at time t."""
+        cfg = self.cfg
+        mean_gap = 60.0 / cfg.blink_per_minute
+        while not self._blinks or self._blinks[-1] < t + cfg.blink_duration_s:
+            last = self._blinks[-1] if self._blinks else -self._rng.uniform(0, mean_gap)
+            gap = cfg.blink_min_gap_s + self._rng.exponential(max(mean_gap - cfg.blink_min_gap_s, 1e-3))
+            self._blinks.append(last + max(gap, cfg.blink_duration_s))
+        for start in reversed(self._blinks):
+            if start <= t:
+                u = (t - start) / cfg.blink_duration_s
+                return 0.5 - 0.5 * math.cos(2 * math.pi * u) if u < 1 else 0.0
+        return 0.0
+
+
+class TalkingRenderer:
+    """A fitted subject ready to speak any audio, rebuilt from its saved config (``talkgs render``).
+
+    Args:
+        subject_dir: a fitted subject folder.
+        cfg: driving and drawing options.
+        device: "cpu", "cuda" or None for the fit's own choice.
+    """
+
+    def __init__(self, subject_dir: str | Path, cfg: DriveConfig | None = None, device: str | None = None):
+        from talkgs.eval.evaluate import load_fitted
+
+        self.cfg = cfg if cfg is not None else DriveConfig()
+        self.ctx, self.stage = load_fitted(subject_dir, device)
+        self.head = self.stage.head.eval()
+        self.subject = self.ctx.subject
+        self.fps = self.subject.fps
+        self.device = self.ctx.device
+        self.size = int(self.cfg.size or self.ctx.resolution)
+        self.track = Track(self.subject, self.ctx.expression.cpu().numpy(), self.cfg)
+        self.cache = open_cache(self.subject, self.size)
+        self.K = self.ctx.K * (self.size / self.ctx.resolution)
+        self.K[2, 2] = 1.0
+        background = parse_background(self.cfg.background, self.size, self.subject.background)
+        self.background = torch.tensor(background, dtype=torch.float32, device=self.device) / 255.0  # [S, S, 3]
+        self._torso_labels = torch.tensor(schema.TORSO_LABELS, device=self.device)
+        self.encoders = tuple(self.ctx.cfg.head.audio_encoders)
+        from talkgs.prepare.config import AudioConfig
+        from talkgs.utils.config import from_dict
+
+        self.audio_cfg = from_dict(AudioConfig, self.subject.meta.get("config", {}).get("audio", {}))
+        audio = self.head.audio_face
+        #: Frames of audio after frame i that frame i's embedding reads (0 for a causal audio net).
+        self.lookahead = audio.right_context
+
+    # -- audio ---------------------------------------------------------------------------------------
+    def num_frames(self, samples: np.ndarray, sample_rate: int = 16000) -> int:
+        """Frames for ``samples``: the audio's duration at the subject's fps, rounded to whole frames."""
+        return max(1, round(len(samples) / sample_rate * self.fps))
+
+    def encode(self, samples: np.ndarray, num_frames: int | None = None) -> torch.Tensor:
+        """Audio features [F, 2, D] of float32 16 kHz mono ``samples`` for the head's encoders."""
+        from talkgs.prepare.audio import encode_audio
+
+        n = num_frames or self.num_frames(samples)
+        feats = [encode_audio(name, samples, n, self.fps, self.audio_cfg) for name in self.encoders]
+        return torch.tensor(np.concatenate(feats, axis=-1), device=self.device)
+
+    # -- frames --------------------------------------------------------------------------------------
+    @torch.no_grad()
+    def frames(self, features: torch.Tensor, start: int = 0, stop: int | None = None, layers: Layers | None = None):
+        """Yield uint8 [S, S, 3] frames start..stop-1 for features [F, 2, D] (all of it by default)."""
+        stop = features.shape[0] if stop is None else stop
+        for a in range(start, stop, self.cfg.batch):
+            yield from self.render_batch(features, np.arange(a, min(a + self.cfg.batch, stop)), layers)
+
+    @torch.no_grad()
+    def render_batch(self, features: torch.Tensor, indices: np.ndarray, layers: Layers | None = None,
+                     viewmats: list[torch.Tensor] | None = None, size: int | None = None,
+                     feature_offset: int = 0) -> list[np.ndarray]:
+        """Frames ``indices`` [B] (output frame numbers) as uint8 [S, S, 3].
+
+        ``features`` [W, 2, D] hold the audio features of frames ``feature_offset`` .. + W - 1 (a
+        stream keeps only a window). The audio embeddings and deformations of the B frames are computed
+        in one batch; ``viewmats`` (B [4, 4] world-to-camera) replace the track's poses, e.g. for the
+        viewer's orbiting camera, and ``size`` the output side.
+        """
+        layers = layers or Layers()
+        head, dev = self.head, self.device
+        idx = torch.as_tensor(np.asarray(indices) - feature_offset, device=dev)
+        expr = torch.tensor(np.stack([self.track.expression(int(i)) for i in indices]), dtype=torch.float32,
+                            device=dev)  # [B, E]
+        face_d = head.face_motion(head.face.params["means"], head.audio_face(features, idx),
+                                  (expr - head.expr_mean) / head.expr_std)
+        mouth_d = head.mouth_motion(head.mouth.params["means"], head.audio_mouth(features, idx))
+        face_g = _deform(head, "face", face_d)
+        mouth_g = _deform(head, "mouth", mouth_d)
+        out = []
+        for b, i in enumerate(indices):
+            w2c, source = self.track.pose(int(i))
+            viewmat = viewmats[b] if viewmats is not None else torch.tensor(w2c, dtype=torch.float32, device=dev)
+            image = self._draw({k: v[b] for k, v in face_g.items()}, {k: v[b] for k, v in mouth_g.items()},
+                               viewmat, source, layers, size or self.size)
+            out.append((image.clamp(0, 1) * 255).round().to(torch.uint8).cpu().numpy())
+        return out
+
+    def _draw(self, face: dict, mouth: dict, viewmat: torch.Tensor, source: int, layers: Layers, size: int):
+        under = self._under(source, layers, size)
+        black = RenderOutput(image=torch.zeros_like(under), alpha=torch.zeros_like(under[..., :1]),
+                             depth=torch.zeros_like(under[..., :1]), info={})
+        K = self.K * (size / self.size)
+        K[2, 2] = 1.0
+        face_out = self._raster(face, viewmat, K, size) if layers.face else black
+        mouth_out = self._raster(mouth, viewmat, K, size) if layers.mouth else None
+        return composite(face_out, mouth_out, under)
+
+    def _raster(self, g: dict, viewmat: torch.Tensor, K: torch.Tensor, size: int) -> RenderOutput:
+        return rasterize(g["means"], g["quats"], g["scales"], g["opacities"], g["colors"], viewmat, K, size, size,
+                         backend=self.ctx.cfg.backend)
+
+    def _under(self, source: int, layers: Layers, size: int) -> torch.Tensor:
+        """[S, S, 3] what lies under the head: the source frame's torso over the background."""
+        dev = self.device
+        background = self.background if layers.background else torch.zeros_like(self.background)
+        if size != self.size:
+            background = torch.nn.functional.interpolate(background.permute(2, 0, 1)[None], (size, size),
+                                                         mode="bilinear", align_corners=False)[0].permute(1, 2, 0)
+        if not layers.torso:
+            return background
+        frame = np.array(self.cache.frames[source])
+        labels = np.array(self.cache.labels[source])
+        if size != self.size:
+            frame = cv2.resize(frame, (size, size), interpolation=cv2.INTER_AREA)
+            labels = cv2.resize(labels, (size, size), interpolation=cv2.INTER_NEAREST)
+        image = torch.from_numpy(frame).to(dev).float() / 255.0
+        torso = torch.isin(torch.from_numpy(labels).to(dev), self._torso_labels)[..., None]
+        return torch.where(torso, image, background)
+
+    # -- streaming -----------------------------------------------------------------------------------
+    def stream(self, layers: Layers | None = None) -> AudioStream:
+        """A stream that takes audio chunks and returns the frames they complete (see ``AudioStream``)."""
+        return AudioStream(self, layers)
+
+
+def _deform(head, branch: str, deltas) -> dict[str, torch.Tensor]:
+    """Batched activated Gaussians [B, N, ...] of ``branch`` moved by batched ``deltas``."""
+    from talkgs.model.motion import apply_deltas
+
+    return apply_deltas(head.face if branch == "face" else head.mouth, deltas)
+
+
+class AudioStream:
+    """Audio chunks in, finished frames out, with bounded latency (``TalkingRenderer.stream``).
+
+    Frame i is rendered once the audio has reached ``latency_frames`` frames past it: the audio net's
+    right context (``AudioNet.right_context``; 0 for a causal net), the encoder's own look-ahead, and
+    the block in which features are computed. Audio older than ``context_s`` before the next frame is
+    dropped, so memory stays flat however long the stream.
+
+    With the ``mel`` encoder the frames equal the offline render (``TalkingRenderer.frames``) of the
+    same audio: features are computed on a hop-aligned stretch with enough context on both sides, and
+    the audio net sees the same feature frames. ``phonemes`` and the model encoders decode a sliding
+    stretch, so their phones near its ends, and the frames, can differ slightly.
+    """
+
+    #: Sample rate of the audio fed to ``push`` (what ``media.read_audio`` gives).
+    SAMPLE_RATE = 16000
+    #: Audio kept before the first feature frame still to be computed, and reached past the last one:
+    #: context for the encoders (mel needs 12.5 ms, the phone decoder about a second).
+    CONTEXT_S = {"mel": 0.05, "phonemes": 1.0}
+    MODEL_CONTEXT_S = 1.5
+    #: Feature frames computed together: each encoder call costs a decode of the context.
+    BLOCK_FRAMES = 4
+
+    def __init__(self, renderer: TalkingRenderer, layers: Layers | None = None):
+        from talkgs.prepare.audio import MEL_HOP_S
+
+        self.r = renderer
+        self.layers = layers
+        sr = self.SAMPLE_RATE
+        self._hop = round(MEL_HOP_S * sr)
+        self.context_s = max(self.CONTEXT_S.get(e, self.MODEL_CONTEXT_S) for e in renderer.encoders)
+        self._buffer = np.zeros(0, np.float32)
+        self._buffer_start = 0  # absolute sample of _buffer[0], a multiple of the mel hop
+        self._received = 0  # samples pushed so far
+        self._features: list[np.ndarray] = []  # [2, D] per frame, frames _feat_start..
+        self._feat_start = 0
+        self._next_frame = 0
+        self._closed = False
+        right = math.ceil(self.context_s * renderer.fps)
+        #: Frames between a frame's own audio arriving and the frame being returned (worst case).
+        self.latency_frames = renderer.lookahead + right + self.BLOCK_FRAMES
+        self.latency_ms = 1000.0 * self.latency_frames / renderer.fps
+
+    def push(self, samples: np.ndarray) -> list[np.ndarray]:
+        """Add float32 16 kHz mono samples; return the frames (uint8 [S, S, 3]) that are now final."""
+        if self._closed:
+            raise RuntimeError("push after close")
+        samples = np.asarray(samples, np.float32).reshape(-1)
+        self._buffer = np.concatenate([self._buffer, samples])
+        self._received += len(samples)
+        fps, sr = self.r.fps, self.SAMPLE_RATE
+        # Feature frames whose audio plus context has arrived.
+        ready = int(math.floor((self._received / sr - self.context_s) * fps))
+        have = self._feat_start + len(self._features)
+        if ready - have >= self.BLOCK_FRAMES:
+            self._compute_features(have, ready)
+        return self._render(have_until=self._feat_start + len(self._features) - self.r.lookahead, final_count=None)
+
+    def close(self) -> list[np.ndarray]:
+        """End of audio: the remaining frames, so that the stream has the offline render's frame count."""
+        if self._closed:
+            return []
+        self._closed = True
+        sr = self.SAMPLE_RATE
+        total = self.r.num_frames(np.empty(self._received), sr)
+        # As offline: the audio is cut or zero-padded to exactly the frames' duration.
+        length = round(total / self.r.fps * sr)
+        pad = length - self._received
+        if pad > 0:
+            self._buffer = np.concatenate([self._buffer, np.zeros(pad, np.float32)])
+        elif pad < 0:
+            self._buffer = self._buffer[:len(self._buffer) + pad]
+        self._end_sample = length
+        have = self._feat_start + len(self._features)
+        if have < total:
+            self._compute_features(have, total)
+        return self._render(have_until=total, final_count=total)
+
+    def _compute_features(self, lo: int, hi: int) -> None:
+        from talkgs.prepare.audio import encode_span, feature_times
+
+        times = feature_times(hi, self.r.fps)[lo:hi].reshape(-1)  # [2 (hi - lo)]
+        parts = [encode_span(e, self._buffer, self._buffer_start / self.SAMPLE_RATE, times, self.r.audio_cfg)
+                 for e in self.r.encoders]
+        feats = np.concatenate(parts, -1).reshape(hi - lo, 2, -1)
+        self._features.extend(feats)
+        self._trim()
+
+    def _trim(self) -> None:
+        """Drop audio and features that no future frame needs."""
+        keep_from = self._next_frame - self.r.head.audio_face.left_context
+        drop = max(0, keep_from - self._feat_start)
+        if drop:
+            del self._features[:drop]
+            self._feat_start += drop
+        first_needed = (self._feat_start + len(self._features)) / self.r.fps - self.context_s
+        cut = int(first_needed * self.SAMPLE_RATE) // self._hop * self._hop - self._buffer_start
+        if cut > 0:
+            self._buffer = self._buffer[cut:]
+            self._buffer_start += cut
+
+    def _render(self, have_until: int, final_count: int | None) -> list[np.ndarray]:
+        stop = have_until if final_count is None else final_count
+        if stop <= self._next_frame or not self._features:
+            return []
+        feats = torch.tensor(np.stack(self._features), device=self.r.device)  # [W, 2, D]
+        frames = []
+        lo = self._feat_start
+        for a in range(self._next_frame, stop, self.r.cfg.batch):
+            idx = np.arange(a, min(a + self.r.cfg.batch, stop))
+            # The net clamps window indices to the features it is given: at the start of the stream
+            # (lo = 0) and at its end (close) this is the offline clamping; elsewhere the kept
+            # features cover every frame the windows read.
+            frames += self.r.render_batch(feats, idx, self.layers, feature_offset=lo)
+        self._next_frame = stop
+        self._trim()
+        return frames
+
+
+#: Audio whose RMS stays below this (about -60 dBFS) is treated as silent.
+SILENCE_RMS = 1e-3
+
+
+def read_speech(path: str | Path) -> np.ndarray:
+    """Float32 16 kHz mono samples of any audio (or video with audio) ffmpeg reads, checked."""
+    from talkgs.utils import media
+
+    path = Path(path)
+    if not path.is_file():
+        raise TalkgsError(f"audio file {path} does not exist")
+    samples = media.read_audio(path, AudioStream.SAMPLE_RATE)
+    if samples is None:
+        raise TalkgsError(f"{path} has no audio stream")
+    if len(samples) < AudioStream.SAMPLE_RATE // 25:
+        raise TalkgsError(f"{path} is empty: its audio is shorter than one video frame")
+    if float(np.sqrt(np.mean(samples.astype(np.float64) ** 2))) < SILENCE_RMS:
+        raise TalkgsError(f"{path} is silent (its level stays below -60 dBFS): there is no speech to follow")
+    return samples
+
+
+def render_speech(subject_dir: str | Path, audio_path: str | Path, out: str | Path, cfg: DriveConfig | None = None,
+                  device: str | None = None, force: bool = False) -> dict:
+    """Render ``subject_dir`` speaking ``audio_path`` to ``out`` (H.264 + AAC); returns a summary.
+
+    The frame count is the audio's duration at the subject's fps (rounded to whole frames), and frame
+    i shows the mouth for the audio of [i / fps, (i + 1) / fps), so the muxed audio is in sync from the
+    first frame to the last. Frames stream to the encoder; an existing ``out`` is kept unless ``force``,
+    and nothing is left behind if rendering fails.
+    """
+    from talkgs.utils import log, media
+
+    out = Path(out)
+    if out.exists() and not force:
+        raise TalkgsError(f"{out} already exists; pass --force to replace it")
+    if not out.parent.is_dir():
+        raise TalkgsError(f"cannot write {out}: folder {out.parent} does not exist")
+    samples = read_speech(audio_path)
+    renderer = TalkingRenderer(subject_dir, cfg, device)
+    n = renderer.num_frames(samples)
+    features = renderer.encode(samples, n)
+    tmp = out.with_name(f".{out.name}.tmp.mp4")
+    tmp_out = out.with_name(f".{out.name}.mux.mp4")
+    try:
+        with media.VideoWriter(tmp, (renderer.size, renderer.size), renderer.fps, crf=16, preset="veryfast",
+                               pix_fmt="yuv420p") as writer:
+            for frame in log.progress(renderer.frames(features), total=n, desc="render", unit="frame"):
+                writer.write(frame)
+        media.mux_audio(tmp, audio_path, tmp_out)
+        tmp_out.replace(out)
+    finally:
+        tmp.unlink(missing_ok=True)
+        tmp_out.unlink(missing_ok=True)
+    return {"frames": n, "fps": renderer.fps, "duration_s": n / renderer.fps,
+            "audio_s": len(samples) / AudioStream.SAMPLE_RATE, "size": renderer.size, "output": str(out)}
