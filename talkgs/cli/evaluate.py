@@ -1,4 +1,10 @@
-"""Evaluate a fitted subject on its held-out frames (PSNR, SSIM, LPIPS, LMD, lip and blink sync)."""
+"""Evaluate a fitted subject on its held-out frames (PSNR, SSIM, LPIPS, LMD, lip and blink sync).
+
+With --audio, measure lip sync of any video against speech instead, with no ground-truth video and no
+SyncNet weights: the share of p/b/m phones during which the mouth closes, the audio-video offset
+and the mouth-opening/speech-energy correlation. Run it on real footage with its own audio for the
+ceiling a render can reach.
+"""
 
 from __future__ import annotations
 
@@ -6,12 +12,22 @@ import argparse
 
 
 def register(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser("eval", help=__doc__.strip().rstrip("."), description=__doc__,
-                       epilog="Example: talkgs eval my_subject --json results.json")
-    p.add_argument("subject", metavar="SUBJECT_DIR")
-    p.add_argument("--json", metavar="PATH", help="report file (default SUBJECT_DIR/eval_report.json)")
+    p = sub.add_parser("eval", help=__doc__.splitlines()[0].rstrip("."), description=__doc__,
+                       formatter_class=argparse.RawDescriptionHelpFormatter,
+                       epilog="Examples:\n"
+                              "  talkgs eval my_subject --json results.json\n"
+                              "  talkgs eval --audio speech.wav --video rendered.mp4\n"
+                              "  talkgs eval --audio real.mp4 --video real.mp4   # the ceiling, on real footage")
+    p.add_argument("subject", metavar="SUBJECT_DIR", nargs="?",
+                   help="fitted subject (optional with --audio, where it only gives the frame rate)")
+    p.add_argument("--json", metavar="PATH",
+                   help="report file (default SUBJECT_DIR/eval_report.json; with --audio, <video stem>_lipsync.json "
+                        "next to the video)")
     p.add_argument("--video", metavar="PATH",
-                   help="side-by-side video, ground truth | render | error (default SUBJECT_DIR/eval_side_by_side.mp4)")
+                   help="side-by-side video to write, ground truth | render | error (default "
+                        "SUBJECT_DIR/eval_side_by_side.mp4); with --audio, the video to measure")
+    p.add_argument("--audio", metavar="SPEECH",
+                   help="measure lip sync of --video against this speech (any file with an audio stream)")
     p.add_argument("--device", choices=("auto", "cpu", "cuda"), help="rendering device (default: the fit's)")
     p.set_defaults(run=run)
 
@@ -19,8 +35,41 @@ def register(sub: argparse._SubParsersAction) -> None:
 def run(args: argparse.Namespace) -> int:
     import json
 
+    from talkgs.errors import TalkgsError
+
+    if args.audio is not None:
+        return _run_lipsync(args)
+    if args.subject is None:
+        raise TalkgsError("give SUBJECT_DIR to evaluate a fit, or --audio SPEECH --video VIDEO to measure lip sync")
     from talkgs.eval.evaluate import evaluate
 
     report = evaluate(args.subject, args.json, args.video, args.device)
     print(json.dumps({k: v for k, v in report.items() if k != "video"}, indent=1))
+    return 0
+
+
+def _run_lipsync(args: argparse.Namespace) -> int:
+    import json
+    from pathlib import Path
+
+    from talkgs.errors import TalkgsError
+    from talkgs.eval.lipsync import lipsync_metrics
+    from talkgs.utils import log
+
+    if args.video is None:
+        raise TalkgsError("--audio needs --video VIDEO, the video to measure")
+    video = Path(args.video)
+    out = Path(args.json) if args.json else video.with_name(f"{video.stem}_lipsync.json")
+    if not out.parent.is_dir():
+        raise TalkgsError(f"cannot write {out}: folder {out.parent} does not exist")
+    fps = None
+    if args.subject is not None:
+        from talkgs.data.subject import Subject
+
+        fps = Subject(args.subject).fps  # the rate the render was made at
+    report = lipsync_metrics(video, args.audio, fps=fps)
+    text = json.dumps(report, indent=1)
+    out.write_text(text + "\n")
+    print(text)
+    log.info(f"wrote {out}")
     return 0
