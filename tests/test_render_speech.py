@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+from conftest import DEMO, ffmpeg, shared_file
 
 from talkgs.cli.main import main
 from talkgs.render.driver import (
@@ -15,8 +16,6 @@ from talkgs.render.driver import (
     ping_pong,
 )
 from talkgs.utils import media
-
-from conftest import DEMO, ffmpeg, shared_file
 
 
 @pytest.fixture(scope="module")

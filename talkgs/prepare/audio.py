@@ -132,13 +132,31 @@ def encode_audio(
 
     audio = _fit_length(samples, round(num_frames / fps * sample_rate))  # [S']
     times = feature_times(num_frames, fps).reshape(-1)  # [2F]
-    if name == "mel":
-        feats = _log_mel(audio, times, cfg.n_mels, sample_rate)
-    elif name == "phonemes":
-        feats = _phone_one_hot(phone_segments(audio, sample_rate), times)
+    if name in ("mel", "phonemes"):
+        feats = _chunked(name, audio, times, cfg, sample_rate)
     else:
-        feats = _checkpoint_features(name, audio, times, cfg)
+        feats = _checkpoint_features(name, audio, times, cfg)  # windows of its own
     return np.ascontiguousarray(feats, dtype=np.float32).reshape(num_frames, 2, -1)  # [F, 2, D]
+
+
+def _chunked(name: str, audio: np.ndarray, times: np.ndarray, cfg: AudioConfig, sample_rate: int) -> np.ndarray:
+    """``encode_span`` over windows of ``CHUNK_S`` with ``CONTEXT_S`` either side: [T, D].
+
+    A spectrogram of a whole 10-minute file takes gigabytes, and one pocketsphinx utterance grows
+    with its length; windows keep memory flat. Windows start on a multiple of the mel hop, so mel
+    features are exactly those of one pass; phones may differ near a window's edge, inside the
+    context that is decoded and discarded.
+    """
+    hop = round(MEL_HOP_S * sample_rate)
+    parts = []
+    for start in np.arange(0.0, max(times[-1], 0.0) + 1e-9, CHUNK_S):
+        sel = (times >= start) & (times < start + CHUNK_S)
+        if not sel.any():
+            continue
+        lo = max(0, int((start - CONTEXT_S) * sample_rate) // hop * hop)
+        hi = min(len(audio), int(round((start + CHUNK_S + CONTEXT_S) * sample_rate)))
+        parts.append(encode_span(name, audio[lo:hi], lo / sample_rate, times[sel], cfg, sample_rate))
+    return np.concatenate(parts)
 
 
 def encode_span(

@@ -27,6 +27,7 @@ import torch
 from talkgs.data import schema
 from talkgs.data.cache import open_cache
 from talkgs.errors import TalkgsError
+from talkgs.model.motion import apply_deltas
 from talkgs.render.compositing import composite
 from talkgs.render.rasterizer import RenderOutput, rasterize
 
@@ -310,6 +311,24 @@ class TalkingRenderer:
         viewer's orbiting camera, and ``size`` the output side.
         """
         layers = layers or Layers()
+        face_g, mouth_g = self.deform(features, indices, feature_offset)
+        out = []
+        for b, i in enumerate(indices):
+            w2c, source = self.track.pose(int(i))
+            viewmat = viewmats[b] if viewmats is not None else torch.tensor(w2c, dtype=torch.float32,
+                                                                            device=self.device)
+            image = self.draw({k: v[b] for k, v in face_g.items()}, {k: v[b] for k, v in mouth_g.items()},
+                              viewmat, source, layers, size or self.size)
+            out.append((image.clamp(0, 1) * 255).round().to(torch.uint8).cpu().numpy())
+        return out
+
+    @torch.no_grad()
+    def deform(self, features: torch.Tensor, indices: np.ndarray, feature_offset: int = 0) -> tuple[dict, dict]:
+        """(face, mouth) activated Gaussians of output frames ``indices`` [B], each entry [B, N, ...].
+
+        The audio- and blink-driven half of a frame: it does not depend on the camera, so a viewer
+        can keep it while the camera moves.
+        """
         head, dev = self.head, self.device
         idx = torch.as_tensor(np.asarray(indices) - feature_offset, device=dev)
         expr = torch.tensor(np.stack([self.track.expression(int(i)) for i in indices]), dtype=torch.float32,
@@ -317,18 +336,12 @@ class TalkingRenderer:
         face_d = head.face_motion(head.face.params["means"], head.audio_face(features, idx),
                                   (expr - head.expr_mean) / head.expr_std)
         mouth_d = head.mouth_motion(head.mouth.params["means"], head.audio_mouth(features, idx))
-        face_g = _deform(head, "face", face_d)
-        mouth_g = _deform(head, "mouth", mouth_d)
-        out = []
-        for b, i in enumerate(indices):
-            w2c, source = self.track.pose(int(i))
-            viewmat = viewmats[b] if viewmats is not None else torch.tensor(w2c, dtype=torch.float32, device=dev)
-            image = self._draw({k: v[b] for k, v in face_g.items()}, {k: v[b] for k, v in mouth_g.items()},
-                               viewmat, source, layers, size or self.size)
-            out.append((image.clamp(0, 1) * 255).round().to(torch.uint8).cpu().numpy())
-        return out
+        return apply_deltas(head.face, face_d), apply_deltas(head.mouth, mouth_d)
 
-    def _draw(self, face: dict, mouth: dict, viewmat: torch.Tensor, source: int, layers: Layers, size: int):
+    def draw(self, face: dict, mouth: dict, viewmat: torch.Tensor, source: int, layers: Layers,
+             size: int) -> torch.Tensor:
+        """[S, S, 3] float image of one frame's (face, mouth) Gaussians (from ``deform``, one frame's
+        entries) seen through ``viewmat`` [4, 4], over the torso of training frame ``source``."""
         under = self._under(source, layers, size)
         black = RenderOutput(image=torch.zeros_like(under), alpha=torch.zeros_like(under[..., :1]),
                              depth=torch.zeros_like(under[..., :1]), info={})
@@ -364,13 +377,6 @@ class TalkingRenderer:
     def stream(self, layers: Layers | None = None) -> AudioStream:
         """A stream that takes audio chunks and returns the frames they complete (see ``AudioStream``)."""
         return AudioStream(self, layers)
-
-
-def _deform(head, branch: str, deltas) -> dict[str, torch.Tensor]:
-    """Batched activated Gaussians [B, N, ...] of ``branch`` moved by batched ``deltas``."""
-    from talkgs.model.motion import apply_deltas
-
-    return apply_deltas(head.face if branch == "face" else head.mouth, deltas)
 
 
 class AudioStream:

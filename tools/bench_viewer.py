@@ -1,0 +1,87 @@
+"""Benchmark the viewer's render loop: the frames per second one tab can get from ``talkgs view``.
+
+Times ``ViewerEngine.render`` (what GET /frame runs: the audio-driven deformation, rasterization,
+compositing over the torso and background, JPEG encoding) on a fitted subject's own held-out clip,
+frame after frame as a playing tab asks for them, in three cases:
+
+- ``playing``: the audio plays, the camera rests: a new frame each time, full resolution;
+- ``drag-paused``: the audio is paused and the camera is dragged: the orbit changes every frame, at
+  ``moving_scale`` of the resolution, and the frame's deformation is reused;
+- ``drag-playing``: both: a new frame and a new orbit each time, at ``moving_scale``;
+- ``centres``: ``playing`` with the Gaussian centres drawn.
+
+HTTP and the browser's JPEG decode are not included (about 1 ms at these sizes). Each case is warmed
+up for 3 frames, then ``--frames`` frames are timed; the median gives the FPS.
+
+    OMP_NUM_THREADS=1 python tools/bench_viewer.py SUBJECT_DIR [--device cpu] [--size PX] [--json OUT]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import statistics
+import sys
+import time
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("subject", metavar="SUBJECT_DIR")
+    parser.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"))
+    parser.add_argument("--size", type=int, help="full viewer resolution (default: the viewer's default)")
+    parser.add_argument("--frames", type=int, default=40, help="frames timed per case")
+    parser.add_argument("--json", help="also write the results here")
+    args = parser.parse_args()
+
+    import torch
+
+    from talkgs.viewer.camera import Orbit
+    from talkgs.viewer.config import ViewerConfig
+    from talkgs.viewer.engine import OWN_CLIP, FrameRequest, ViewerEngine
+
+    cfg = ViewerConfig(device=args.device, size=args.size)
+    engine = ViewerEngine(args.subject, cfg)
+    clip = engine.clips[OWN_CLIP]
+    fps = engine.fps
+    orbit = lambda i: Orbit(yaw=2.0 * i, pitch=0.5 * i)  # noqa: E731
+    cases = {
+        "playing": lambda i: FrameRequest(t=i / fps),
+        "drag-paused": lambda i: FrameRequest(t=0.5, scale=cfg.moving_scale, orbit=orbit(i)),
+        "drag-playing": lambda i: FrameRequest(t=i / fps, scale=cfg.moving_scale, orbit=orbit(i)),
+        "centres": lambda i: FrameRequest(t=i / fps, centres=True),
+    }
+    results = {"subject": str(args.subject), "device": engine.device, "size": engine.size,
+               "gaussians": engine.info()["gaussians"], "torch_threads": torch.get_num_threads(),
+               "cpu": platform.processor() or platform.machine(), "cores": os.cpu_count(),
+               "load_avg_1min": os.getloadavg()[0], "cases": {}}
+    for name, make in cases.items():
+        for i in range(3):
+            engine.render(make(i))
+        times = []
+        for i in range(args.frames):
+            req = make(i % clip.num_frames)
+            if engine.device.startswith("cuda"):
+                torch.cuda.synchronize()
+            t0 = time.perf_counter()
+            frame = engine.render(req)
+            times.append(time.perf_counter() - t0)
+        median = statistics.median(times)
+        results["cases"][name] = {"size": frame.size, "median_ms": round(1000 * median, 2),
+                                  "p90_ms": round(1000 * sorted(times)[int(0.9 * len(times))], 2),
+                                  "fps": round(1 / median, 1), "jpeg_kb": round(len(frame.jpeg) / 1024, 1)}
+        r = results["cases"][name]
+        print(f"{name:12s} {r['size']:4d} px  {r['median_ms']:7.1f} ms median  {r['p90_ms']:7.1f} ms p90  "
+              f"{r['fps']:6.1f} FPS  ({r['jpeg_kb']} kB JPEG)", flush=True)
+    print(f"device {results['device']}, {results['torch_threads']} torch thread(s), "
+          f"load average {results['load_avg_1min']:.2f} before the run")
+    if args.json:
+        with open(args.json, "w") as f:
+            json.dump(results, f, indent=2)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
