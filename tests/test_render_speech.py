@@ -168,3 +168,31 @@ def test_long_shared_speech_keeps_its_length(fitted, tmp_path):
     info = media.probe_video(out)
     assert info.has_audio and abs(info.duration - len(samples) / 16000) < 0.05
     assert sum(1 for _ in media.read_frames(out, (64, 64))) == summary["frames"]
+
+
+def test_stream_is_exact_with_mel_features(demo_subject, speech, tmp_path):
+    """With mel features alone, a stream gives the offline frames bit for bit, 17 frames behind."""
+    import dataclasses
+    import shutil
+
+    from talkgs.train.config import FitConfig
+    from talkgs.train.trainer import Trainer
+    from talkgs.utils.config import load_section
+
+    root = tmp_path / "mel"
+    shutil.copytree(demo_subject[0], root, ignore=shutil.ignore_patterns("preview", "fit"))
+    cfg = load_section(FitConfig, "tiny", "fit")
+    cfg = dataclasses.replace(cfg, head=dataclasses.replace(cfg.head, audio_encoders=("mel",)),
+                              stages=[dataclasses.replace(s, iterations=10) for s in cfg.stages])
+    Trainer(root, cfg).run()
+    renderer = TalkingRenderer(root, DriveConfig(blink="natural"))
+    samples = media.read_audio(speech)
+    offline = list(renderer.frames(renderer.encode(samples)))
+    stream = renderer.stream()
+    assert stream.latency_frames == 17
+    streamed = []
+    for pos in range(0, len(samples), 1234):
+        streamed += stream.push(samples[pos:pos + 1234])
+    streamed += stream.close()
+    assert len(streamed) == len(offline)
+    assert all(np.array_equal(a, b) for a, b in zip(streamed, offline))
