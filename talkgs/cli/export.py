@@ -25,6 +25,7 @@ def run(args: argparse.Namespace) -> int:
     from talkgs.errors import TalkgsError
     from talkgs.model import GaussianModel, export_ply
     from talkgs.utils import log
+    from talkgs.utils.fs import check_output_file
 
     root = Path(args.subject)
     if not (root / schema.MANIFEST).is_file():
@@ -33,12 +34,7 @@ def run(args: argparse.Namespace) -> int:
     if not gaussians.is_file():
         raise TalkgsError(f"{root} is not fitted yet (no {schema.GAUSSIANS}); run talkgs fit {root} first")
     out = Path(args.ply)
-    if out.is_dir():
-        raise TalkgsError(f"{out} is a folder; --ply takes a file name")
-    if out.exists() and not args.force:
-        raise TalkgsError(f"{out} already exists; pass --force to replace it")
-    if not out.resolve().parent.is_dir():
-        raise TalkgsError(f"cannot write {out}: folder {out.resolve().parent} does not exist")
+    check_output_file(out, args.force)
     model = GaussianModel.load(gaussians)
     n = export_ply(model, out)
     log.info(f"wrote {n} Gaussians (SH degree {model.sh_degree}) to {out}")

@@ -53,16 +53,13 @@ def _render_split(args: argparse.Namespace) -> int:
     import numpy as np
     import torch
 
-    from talkgs.errors import TalkgsError
     from talkgs.eval.evaluate import load_fitted, mux_split_audio
     from talkgs.utils import log, media
+    from talkgs.utils.fs import check_output_file
 
     split = args.split or "test"
     out = Path(args.output)
-    if out.exists() and not args.force:
-        raise TalkgsError(f"{out} already exists; pass --force to replace it")
-    if not out.parent.is_dir():
-        raise TalkgsError(f"cannot write {out}: folder {out.parent} does not exist")
+    check_output_file(out, args.force)
     ctx, stage = load_fitted(args.subject, args.device)
     frames = ctx.test_indices if split == "test" else ctx.train_indices
     res = ctx.resolution

@@ -529,12 +529,10 @@ def render_speech(subject_dir: str | Path, audio_path: str | Path, out: str | Pa
     and nothing is left behind if rendering fails.
     """
     from talkgs.utils import log, media
+    from talkgs.utils.fs import check_output_file
 
     out = Path(out)
-    if out.exists() and not force:
-        raise TalkgsError(f"{out} already exists; pass --force to replace it")
-    if not out.parent.is_dir():
-        raise TalkgsError(f"cannot write {out}: folder {out.parent} does not exist")
+    check_output_file(out, force)
     samples = read_speech(audio_path)
     renderer = TalkingRenderer(subject_dir, cfg, device)
     n = renderer.num_frames(samples)

@@ -23,6 +23,16 @@ def check_destination(dest: Path, force: bool, what: str = "output folder") -> N
         raise TalkgsError(f"{what} {dest} already exists; pass --force to replace talkgs' files in it")
 
 
+def check_output_file(out: Path, force: bool) -> None:
+    """Refuse to write file ``out`` over an existing one unless ``force``, or into a missing folder."""
+    if out.is_dir():
+        raise TalkgsError(f"{out} is a folder; give a file name")
+    if out.exists() and not force:
+        raise TalkgsError(f"{out} already exists; pass --force to replace it")
+    if not out.resolve().parent.is_dir():
+        raise TalkgsError(f"cannot write {out}: folder {out.resolve().parent} does not exist")
+
+
 class StagingDir:
     """Context manager: ``with StagingDir(dest) as tmp: ...write into tmp...``.
 
