@@ -175,8 +175,10 @@ def load_poses(path: str | Path) -> np.ndarray:
 class Track:
     """Per-frame pose, torso source frame and expression for any output frame index (unbounded)."""
 
-    def __init__(self, subject, expression: np.ndarray, cfg: DriveConfig):
-        """``expression``: [F, E] the subject's values of the head's expression channels."""
+    def __init__(self, subject, expression: np.ndarray, cfg: DriveConfig, channels: tuple[str, ...] | None = None):
+        """``expression``: [F, E] the subject's values of the head's expression channels, named by
+        ``channels`` (``HeadConfig.expression``; None: all are blink channels). Blink modes "none" and
+        "auto" act on the blink channels and hold the others at their median."""
         self.cfg = cfg
         run = longest_run(subject.train_indices, subject.cuts)
         w2c = subject.w2c
@@ -201,6 +203,7 @@ class Track:
         train = subject.train_indices
         self._open = np.median(self._expression[train], axis=0) if len(train) else np.ones(expression.shape[1])
         self._closed = np.percentile(self._expression[train], 1, axis=0) if len(train) else np.zeros_like(self._open)
+        self._blink_mask = np.array([c.startswith("blink") for c in channels], np.float64) if channels else 1.0
         self._fps = subject.fps
         self._blinks: list[float] = []  # synthetic blink start times (s), extended on demand
         self._rng = np.random.default_rng(cfg.seed)
@@ -226,7 +229,7 @@ class Track:
             return self._expression[self.pose(i)[1]]
         if mode == "none":
             return self._open
-        return self._open + (self._closed - self._open) * self._blink_amount(i / self._fps)
+        return self._open + (self._closed - self._open) * self._blink_mask * self._blink_amount(i / self._fps)
 
     def _blink_amount(self, t: float) -> float:
         """0 (open) .. 1 (closed) of the synthetic blinks at time t."""
@@ -262,7 +265,7 @@ class TalkingRenderer:
         self.fps = self.subject.fps
         self.device = self.ctx.device
         self.size = int(self.cfg.size or self.ctx.resolution)
-        self.track = Track(self.subject, self.ctx.expression.cpu().numpy(), self.cfg)
+        self.track = Track(self.subject, self.ctx.expression.cpu().numpy(), self.cfg, self.ctx.cfg.head.expression)
         self.cache = open_cache(self.subject, self.size)
         self.K = self.ctx.K * (self.size / self.ctx.resolution)
         self.K[2, 2] = 1.0

@@ -274,7 +274,8 @@ class ViewerEngine:
             from talkgs.render.driver import Track
 
             r = self.renderer
-            track = Track(r.subject, r.ctx.expression.cpu().numpy(), dataclasses.replace(r.cfg, blink=blink))
+            track = Track(r.subject, r.ctx.expression.cpu().numpy(), dataclasses.replace(r.cfg, blink=blink),
+                          r.ctx.cfg.head.expression)
             self._tracks[blink] = track
         return track
 
