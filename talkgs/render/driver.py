@@ -282,9 +282,11 @@ class TalkingRenderer:
         self.lookahead = audio.right_context
 
     # -- audio ---------------------------------------------------------------------------------------
-    def num_frames(self, samples: np.ndarray, sample_rate: int = 16000) -> int:
-        """Frames for ``samples``: the audio's duration at the subject's fps, rounded to whole frames."""
-        return max(1, round(len(samples) / sample_rate * self.fps))
+    def num_frames(self, samples: np.ndarray | int, sample_rate: int = 16000) -> int:
+        """Frames for ``samples`` (or that many samples): the audio's duration at the subject's fps,
+        rounded to whole frames."""
+        count = samples if isinstance(samples, int) else len(samples)
+        return max(1, round(count / sample_rate * self.fps))
 
     def encode(self, samples: np.ndarray, num_frames: int | None = None) -> torch.Tensor:
         """Audio features [F, 2, D] of float32 16 kHz mono ``samples`` for the head's encoders."""
@@ -446,7 +448,7 @@ class AudioStream:
             return []
         self._closed = True
         sr = self.SAMPLE_RATE
-        total = self.r.num_frames(np.empty(self._received), sr)
+        total = self.r.num_frames(self._received, sr)
         # As offline: the audio is cut or zero-padded to exactly the frames' duration.
         length = round(total / self.r.fps * sr)
         pad = length - self._received
@@ -454,7 +456,6 @@ class AudioStream:
             self._buffer = np.concatenate([self._buffer, np.zeros(pad, np.float32)])
         elif pad < 0:
             self._buffer = self._buffer[:len(self._buffer) + pad]
-        self._end_sample = length
         have = self._feat_start + len(self._features)
         if have < total:
             self._compute_features(have, total)
