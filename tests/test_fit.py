@@ -263,3 +263,26 @@ def test_fit_a_video_prepares_then_fits(tmp_path):
     assert list(report["stages"]) == ["static", "mouth", "face", "fuse"]
     assert (out / schema.MANIFEST).is_file() and (out / schema.TALKING_HEAD).is_file()
     assert main(["--quiet", "fit", str(clip), "--config", "tiny"]) == 2  # a video needs -o
+
+
+def test_landmark_loss_matches_tracking_and_trains_the_face_field(fitted):
+    """The landmark loss projects like prepare: the unmoved template lands within a pixel or two of the
+    tracked lips and eyelids; and it sends gradients to the face field, not to the Gaussians."""
+    from talkgs.eval.evaluate import load_fitted
+
+    ctx, stage = load_fitted(fitted[0], "cpu")
+    frame = int(ctx.train_indices[10])
+    batch = ctx.batch(frame)
+    stage.head.requires_grad_(False)
+    stage.head.face_motion.requires_grad_(True)
+    stage.render(batch)
+    moved = stage._landmark_loss(batch)
+    d = stage.last_face_deltas.d_means
+    stage.last_face_deltas.d_means = torch.zeros_like(d)
+    unmoved = float(stage._landmark_loss(batch))
+    assert unmoved < 2.0  # pixels at 64 px: the tracker's own residual, not a convention error
+    stage.last_face_deltas.d_means = d
+    moved.backward()
+    grads = [p.grad for p in stage.head.face_motion.parameters() if p.grad is not None]
+    assert grads and any(float(g.abs().sum()) > 0 for g in grads)
+    assert stage.head.face.params["means"].grad is None
