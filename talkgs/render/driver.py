@@ -28,7 +28,7 @@ from talkgs.data import schema
 from talkgs.data.cache import open_cache
 from talkgs.errors import TalkgsError
 from talkgs.model.motion import apply_deltas
-from talkgs.render.compositing import composite
+from talkgs.render.compositing import composite, torso_under
 from talkgs.render.rasterizer import RenderOutput, rasterize
 
 POSE_MODES = ("replay", "static")
@@ -375,8 +375,7 @@ class TalkingRenderer:
             frame = cv2.resize(frame, (size, size), interpolation=cv2.INTER_AREA)
             labels = cv2.resize(labels, (size, size), interpolation=cv2.INTER_NEAREST)
         image = torch.from_numpy(frame).to(dev).float() / 255.0
-        torso = torch.isin(torch.from_numpy(labels).to(dev), self._torso_labels)[..., None]
-        return torch.where(torso, image, background)
+        return torso_under(image, torch.from_numpy(labels).to(dev), background, self._torso_labels)
 
     # -- streaming -----------------------------------------------------------------------------------
     def stream(self, layers: Layers | None = None) -> AudioStream:

@@ -11,6 +11,7 @@ import torch
 from talkgs.data import schema
 from talkgs.data.cache import FrameCache, open_cache
 from talkgs.data.subject import Subject
+from talkgs.render.compositing import torso_under
 from talkgs.train.config import FitConfig
 
 
@@ -103,6 +104,5 @@ class FitContext:
         frame = torch.from_numpy(np.array(self.cache.frames[index])).to(self.device)
         labels = torch.from_numpy(np.array(self.cache.labels[index])).to(self.device)
         image = frame.float() / 255.0
-        torso = torch.isin(labels, self._torso_labels)[..., None]
-        under = torch.where(torso, image, self.background)
+        under = torso_under(image, labels, self.background, self._torso_labels)
         return Batch(index, image, labels, under, self.w2c[index], self.K)
