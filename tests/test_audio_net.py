@@ -61,7 +61,7 @@ def test_shapes_and_dtype(dim, batch):
 def test_default_config_shapes():
     net = _net(80, AudioNetConfig())
     assert net(_features(40, 80), torch.tensor([0, 20, 39])).shape == (3, 32)
-    assert net.encoder(torch.zeros(2, 34, 80)).shape == (2, 32)
+    assert net.encoder(torch.zeros(2, 18, 80)).shape == (2, 32)  # 9 frames of 2 steps
 
 
 def test_bad_inputs_raise_clear_errors():

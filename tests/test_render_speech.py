@@ -72,11 +72,11 @@ def test_stream_gives_the_offline_frames(fitted, speech):
         assert len(streamed) >= due
         pos += step
     streamed += stream.close()
+    # The audio net reads 4 + 1 frames ahead (window, attention), mel 2 frames; frames come in blocks of 4.
+    assert stream.latency_frames == 11
+    # Mel features are computed exactly in any chunking: the stream is the offline render bit for bit.
     assert len(streamed) == len(offline)
-    diff = np.array([np.abs(a.astype(int) - b.astype(int)).mean() for a, b in zip(streamed, offline)])
-    # The mel features are exact; the phone decoder sees a sliding stretch of audio, so frames where
-    # it decodes another phone differ a little (see docs/render.md for the measured figures).
-    assert np.median(diff) < 0.05 and diff.max() < 3.0
+    assert all(np.array_equal(a, b) for a, b in zip(streamed, offline))
 
 
 def test_track_pose_blink_and_background(fitted):
@@ -170,8 +170,9 @@ def test_long_shared_speech_keeps_its_length(fitted, tmp_path):
     assert sum(1 for _ in media.read_frames(out, (64, 64))) == summary["frames"]
 
 
-def test_stream_is_exact_with_mel_features(demo_subject, speech, tmp_path):
-    """With mel features alone, a stream gives the offline frames bit for bit, 17 frames behind."""
+def test_stream_with_phone_features_stays_close(demo_subject, speech, tmp_path):
+    """With phone features too, the phone decoder sees a sliding stretch of audio: frames where it
+    decodes another phone differ a little from offline, and the stream waits for 1 s of context."""
     import dataclasses
     import shutil
 
@@ -179,20 +180,22 @@ def test_stream_is_exact_with_mel_features(demo_subject, speech, tmp_path):
     from talkgs.train.trainer import Trainer
     from talkgs.utils.config import load_section
 
-    root = tmp_path / "mel"
+    root = tmp_path / "phones"
     shutil.copytree(demo_subject[0], root, ignore=shutil.ignore_patterns("preview", "fit"))
     cfg = load_section(FitConfig, "tiny", "fit")
-    cfg = dataclasses.replace(cfg, head=dataclasses.replace(cfg.head, audio_encoders=("mel",)),
+    cfg = dataclasses.replace(cfg, head=dataclasses.replace(cfg.head, audio_encoders=("mel", "phonemes")),
                               stages=[dataclasses.replace(s, iterations=10) for s in cfg.stages])
     Trainer(root, cfg).run()
     renderer = TalkingRenderer(root, DriveConfig(blink="natural"))
     samples = media.read_audio(speech)
     offline = list(renderer.frames(renderer.encode(samples)))
     stream = renderer.stream()
-    assert stream.latency_frames == 17
+    assert stream.latency_frames == 5 + 25 + 4
     streamed = []
     for pos in range(0, len(samples), 1234):
         streamed += stream.push(samples[pos:pos + 1234])
     streamed += stream.close()
     assert len(streamed) == len(offline)
-    assert all(np.array_equal(a, b) for a, b in zip(streamed, offline))
+    diff = np.array([np.abs(a.astype(int) - b.astype(int)).mean() for a, b in zip(streamed, offline)])
+    # Measured on this 10-step tiny fit: median 0.002, 95th percentile 2.8, max 3.9 levels of 255.
+    assert np.median(diff) < 0.05 and (diff < 0.5).mean() > 0.8 and diff.max() < 6.0

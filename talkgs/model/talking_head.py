@@ -22,9 +22,12 @@ from talkgs.model.motion import FaceMotionField, MotionDeltas, MotionFieldConfig
 
 @dataclass
 class HeadConfig:
-    audio_encoders: tuple[str, ...] = ("mel", "phonemes")
-    """Audio features of the subject folder fed to the audio nets, concatenated per step (log-mel
-    carries loudness and timbre, phone one-hots carry speaker-independent mouth shapes)."""
+    audio_encoders: tuple[str, ...] = ("mel",)
+    """Audio features of the subject folder fed to the audio nets, concatenated per step. Log-mel alone
+    predicts held-out mouth opening best of the encoders available without downloaded weights: the
+    phone one-hots of pocketsphinx are too often wrong on a short clip, and adding them cuts the
+    held-out correlation on the demo subject from 0.58 to 0.20 (tools/probe_audio.py). HuBERT, where
+    its weights exist, is the stronger choice."""
     audio: AudioNetConfig = field(default_factory=AudioNetConfig)
     motion: MotionFieldConfig = field(default_factory=lambda: MotionFieldConfig(
         hashgrid=HashGridConfig(levels=8, log2_table=12, max_resolution=256)))
@@ -75,16 +78,20 @@ class TalkingHead(nn.Module):
         self.expr_mean.copy_(expression.mean(0))
         self.expr_std.copy_(expression.std(0).clamp_min(1e-3))
 
-    def face_inputs(self, features: Tensor, index: Tensor, expression: Tensor) -> tuple[Tensor, Tensor]:
-        """(audio embedding [A], standardised expression [E]) of frame ``index`` [1]: features [F, 2, D],
-        expression [E] of that frame (``cfg.expression`` channels)."""
-        return self.audio_face(features, index)[0], (expression - self.expr_mean) / self.expr_std
-
     def face_deltas(self, features: Tensor, index: Tensor, expression: Tensor,
                     points: Tensor | None = None) -> MotionDeltas:
-        """Face offsets for frame ``index`` [1] at the face Gaussians, or at ``points`` [M, 3] (canonical
-        positions such as the landmark template) when given."""
-        audio, expr = self.face_inputs(features, index, expression)
+        """Face offsets at the face Gaussians, or at ``points`` [M, 3] (canonical positions) when given.
+
+        Args:
+            features: [F, 2, D] audio features of the sequence.
+            index: [1] the frame, or [B] frames.
+            expression: [E] that frame's ``cfg.expression`` channels (offsets [N, ...]), or [B, E] for
+                the B frames (offsets [B, N, ...]).
+        """
+        audio = self.audio_face(features, index)  # [B, A]
+        if expression.ndim == 1:
+            audio = audio[0]
+        expr = (expression - self.expr_mean) / self.expr_std
         return self.face_motion(self.face.params["means"].detach() if points is None else points, audio, expr)
 
     def mouth_deltas(self, features: Tensor, index: Tensor) -> MotionDeltas:

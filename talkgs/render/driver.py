@@ -338,8 +338,7 @@ class TalkingRenderer:
         idx = torch.as_tensor(np.asarray(indices) - feature_offset, device=dev)
         expr = torch.tensor(np.stack([self.track.expression(int(i)) for i in indices]), dtype=torch.float32,
                             device=dev)  # [B, E]
-        face_d = head.face_motion(head.face.params["means"], head.audio_face(features, idx),
-                                  (expr - head.expr_mean) / head.expr_std)
+        face_d = head.face_deltas(features, idx, expr)
         mouth_d = head.mouth_motion(head.mouth.params["means"], head.audio_mouth(features, idx))
         return apply_deltas(head.face, face_d), apply_deltas(head.mouth, mouth_d)
 

@@ -63,6 +63,11 @@ class LossConfig:
     landmark_neighbours: int = 8
     """Face Gaussians (nearest in canonical space) whose offsets move each landmark, inverse-distance
     weighted."""
+    landmark_frames: int = 8
+    """Frames in each step's landmark loss: the rendered frame and this many - 1 more training frames,
+    for which only the face Gaussians around the landmarks are deformed (no rendering, so they cost
+    little). With the rendered frame alone the audio net sees one frame per step and does not even fit
+    the lip motion of the training frames."""
     ssim_window: int = 11
 
 

@@ -15,7 +15,7 @@ from talkgs.model.gaussians import GaussianModel
 from talkgs.model.losses import dssim, masked_l1, psnr
 from talkgs.model.talking_head import TalkingHead
 from talkgs.prepare import topology as topo
-from talkgs.render import composite, rasterize
+from talkgs.render import RenderOutput, composite, rasterize
 from talkgs.train.config import StageConfig
 from talkgs.train.context import Batch, FitContext
 
@@ -39,6 +39,8 @@ class Stage:
     primary = "face"
     #: Which branches are rendered, and whether their motion fields are applied.
     face_motion = False
+    #: False: the face is left out of the training renders (not of evaluation).
+    face_layer = True
     mouth = False
     mouth_motion = False
 
@@ -47,6 +49,8 @@ class Stage:
         self.cfg = cfg
         self.head = head
         self._head_labels = torch.tensor([int(lb) for lb in HEAD_LABELS], device=ctx.device)
+        #: [B] more training frames for this step's landmark loss, drawn by ``sample``.
+        self.landmark_extra: torch.Tensor | None = None
         if self.face_motion or self.mouth_motion:
             ctx.require_audio(self.name)
 
@@ -80,17 +84,31 @@ class Stage:
             "mouth": mouth[..., None].float(),
         }
 
-    def render(self, batch: Batch, sh_degree: int | None = None):
-        """(composite [R, R, 3], {branch: RenderOutput}) of one frame; the offsets go to ``self.last_deltas``."""
+    def render(self, batch: Batch, sh_degree: int | None = None, training: bool = False, motion: bool = True):
+        """(composite [R, R, 3], {branch: RenderOutput}) of one frame; the offsets go to ``self.last_deltas``.
+
+        ``training``: the picture the loss sees, without the layers the stage leaves out while training
+        (``face_layer``); otherwise every layer, as evaluation and validation show it.
+        ``motion``: False renders the fitted Gaussians without their motion fields (evaluation's baseline).
+        ``sh_degree``: the SH bands of the Gaussians this stage trains (its warm-up schedule); Gaussians
+        it does not train are fitted already and always show all their bands.
+        """
         ctx, head = self.ctx, self.head
+        trained = self.gaussians()
+        bands = lambda model: sh_degree if model is trained else None  # noqa: E731
         index = torch.tensor([batch.index], device=ctx.device)
         deltas = []
-        face_d = head.face_deltas(ctx.features, index, ctx.expression[batch.index]) if self.face_motion else None
-        face = self._raster(head.deformed("face", face_d), batch, sh_degree)
+        face_motion, mouth_motion = self.face_motion and motion, self.mouth_motion and motion
+        face_d = head.face_deltas(ctx.features, index, ctx.expression[batch.index]) if face_motion else None
+        if self.face_layer or not training:
+            face = self._raster(head.deformed("face", face_d), batch, bands(head.face))
+        else:
+            clear = torch.zeros_like(batch.under[..., :1])
+            face = RenderOutput(image=torch.zeros_like(batch.under), alpha=clear, depth=clear)
         mouth_out = None
         if self.mouth:
-            mouth_d = head.mouth_deltas(ctx.features, index) if self.mouth_motion else None
-            mouth_out = self._raster(head.deformed("mouth", mouth_d), batch, sh_degree)
+            mouth_d = head.mouth_deltas(ctx.features, index) if mouth_motion else None
+            mouth_out = self._raster(head.deformed("mouth", mouth_d), batch, bands(head.mouth))
             deltas.append(mouth_d)
         deltas.append(face_d)
         self.last_deltas = [d for d in deltas if d is not None]
@@ -122,14 +140,28 @@ class Stage:
         return loss, logs
 
     def _landmark_loss(self, batch: Batch) -> torch.Tensor:
-        """Mean pixel distance between the tracked landmarks of ``batch`` and the template landmarks
-        moved by the offsets of the face Gaussians around them (``LossConfig.landmarks``)."""
-        idx, weight = self._anchors()
-        moved = self.ctx.template[LANDMARK_LOSS_IDS] + (self.last_face_deltas.d_means[idx] * weight[..., None]).sum(1)
-        cam = moved @ batch.viewmat[:3, :3].T + batch.viewmat[:3, 3]  # [M, 3]
-        uv = cam @ batch.K.T
-        uv = uv[:, :2] / uv[:, 2:].clamp_min(1e-6)
-        return (uv - self.ctx.landmarks[batch.index, LANDMARK_LOSS_IDS]).norm(dim=-1).mean()
+        """Mean pixel distance between the tracked landmarks and the template landmarks moved by the
+        offsets of the face Gaussians around them (``LossConfig.landmarks``), over the rendered frame
+        and the ``landmark_extra`` frames."""
+        ctx = self.ctx
+        idx, weight = self._anchors()  # [M, k]
+        offsets = [self.last_face_deltas.d_means[idx][None]]  # [1, M, k, 3]
+        frames = torch.tensor([batch.index], device=ctx.device)
+        extra = self.landmark_extra
+        if extra is not None and len(extra):
+            # The field is evaluated at the anchor Gaussians only: a point's offset does not depend on
+            # the other points.
+            anchors, inverse = idx.unique(return_inverse=True)
+            d = self.head.face_deltas(ctx.features, extra, ctx.expression[extra],
+                                      points=self.head.face.params["means"].detach()[anchors]).d_means  # [B, U, 3]
+            offsets.append(d[:, inverse])  # [B, M, k, 3]
+            frames = torch.cat([frames, extra])
+        moved = ctx.template[LANDMARK_LOSS_IDS] + (torch.cat(offsets) * weight[..., None]).sum(2)  # [B+1, M, 3]
+        view = ctx.w2c[frames]  # [B+1, 4, 4]
+        cam = torch.einsum("bij,bmj->bmi", view[:, :3, :3], moved) + view[:, None, :3, 3]
+        uv = cam @ ctx.K.T
+        uv = uv[..., :2] / uv[..., 2:].clamp_min(1e-6)
+        return (uv - ctx.landmarks[frames][:, LANDMARK_LOSS_IDS]).norm(dim=-1).mean()
 
     def _anchors(self) -> tuple[torch.Tensor, torch.Tensor]:
         """([M, k] indices, [M, k] weights): the face Gaussians nearest each loss landmark (the canonical
@@ -150,12 +182,15 @@ class Stage:
 class MouthStage(Stage):
     """The mouth interior (teeth, tongue, the dark cavity): its own Gaussians, moved by audio alone.
 
-    Rendered under the fixed static face; the loss looks at the mouth-interior pixels only, and the
-    mouth Gaussians must cover them.
+    Rendered alone over the torso and background, as TalkingGaussian trains its inside-mouth branch:
+    under the static face, whose lips are an average of open and closed, the teeth of an open mouth
+    would be hidden and get almost no gradient. The loss looks at the mouth-interior pixels only, and
+    the mouth Gaussians must cover them.
     """
 
     name = "mouth"
     primary = "mouth"
+    face_layer = False
     mouth = True
     mouth_motion = True
 
@@ -191,6 +226,22 @@ class FaceStage(Stage):
         return [self.head.audio_face, self.head.face_motion]
 
     def sample(self, step: int, gen: torch.Generator) -> int:
+        """The frame to render; also draws the ``landmark_extra`` frames of the landmark loss."""
+        frame = self._sample_render(step, gen)
+        extra = self.cfg.loss.landmark_frames - 1
+        if self.cfg.loss.landmarks > 0 and extra > 0:
+            pool = self._landmark_pool()
+            self.landmark_extra = pool[torch.randint(len(pool), (extra,), generator=gen)].to(self.ctx.device)
+        return frame
+
+    def _landmark_pool(self) -> torch.Tensor:
+        """Training frames whose landmarks were found (computed once per stage)."""
+        if "_pool" not in self.__dict__:
+            train = torch.as_tensor(self.ctx.train_indices)
+            self._pool = train[self.ctx.landmarks_found.cpu()[train]]
+        return self._pool
+
+    def _sample_render(self, step: int, gen: torch.Generator) -> int:
         cfg = self.cfg
         progress = step / max(cfg.iterations, 1)
         if cfg.sampler != "incremental" or progress >= cfg.incremental_fraction:

@@ -180,7 +180,8 @@ class Trainer:
                     for group in optimizers["means"].param_groups:
                         group["lr"] = means_lr0 * gamma**step
                 batch = ctx.batch(stage.sample(step, gen))
-                composite, outs = stage.render(batch, sh_degree=min(step // cfg.sh_degree_every, sh_max))
+                composite, outs = stage.render(batch, sh_degree=min(step // cfg.sh_degree_every, sh_max),
+                                             training=True)
                 loss, logs = stage.loss(batch, composite, outs)
                 info = outs[stage.primary].info
                 if strategy:
