@@ -16,10 +16,7 @@ import torch
 
 from talkgs.eval.evaluate import load_fitted
 from talkgs.prepare import topology as topo
-
-
-def to8(image: torch.Tensor) -> np.ndarray:
-    return (image.clamp(0, 1).cpu().numpy() * 255).round().astype(np.uint8)
+from talkgs.utils.media import to_uint8
 
 
 def main() -> None:
@@ -42,7 +39,8 @@ def main() -> None:
             lips = ctx.landmarks[int(i), list(topo.LIPS_OUTER)].cpu().numpy().mean(0)
             x0 = int(np.clip(round(lips[0]) - half, 0, res - 2 * half))
             y0 = int(np.clip(round(lips[1]) - half, 0, res - 2 * half))
-            tiles = [to8(batch.image), to8(stage.render(batch, motion=False)[0]), to8(stage.render(batch)[0])]
+            tiles = [to_uint8(batch.image), to_uint8(stage.render(batch, motion=False)[0]),
+                     to_uint8(stage.render(batch)[0])]
             crops = [cv2.resize(t[y0:y0 + 2 * half, x0:x0 + 2 * half], None, fx=args.zoom, fy=args.zoom,
                                 interpolation=cv2.INTER_NEAREST) for t in tiles]
             columns.append(np.concatenate(crops, 0))

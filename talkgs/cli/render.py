@@ -50,7 +50,6 @@ def run(args: argparse.Namespace) -> int:
 def _render_split(args: argparse.Namespace) -> int:
     from pathlib import Path
 
-    import numpy as np
     import torch
 
     from talkgs.eval.evaluate import load_fitted, mux_split_audio
@@ -69,7 +68,7 @@ def _render_split(args: argparse.Namespace) -> int:
                                                  pix_fmt="yuv420p") as writer:
             for i in log.progress(frames, desc="render", unit="frame"):
                 image, _ = stage.render(ctx.batch(int(i)))
-                writer.write((image.clamp(0, 1).cpu().numpy() * 255).round().astype(np.uint8))
+                writer.write(media.to_uint8(image))
         mux_split_audio(ctx.subject, tmp, out, int(frames[0]))
     finally:
         tmp.unlink(missing_ok=True)

@@ -99,8 +99,8 @@ def evaluate(subject_dir: str | Path, json_path: str | Path | None = None, video
             if lpips_net is not None:
                 to = lambda x: x.permute(2, 0, 1)[None] * 2 - 1  # noqa: E731
                 scores["lpips"].append(float(lpips_net(to(image), to(batch.image))))
-            r8 = (image.cpu().numpy() * 255).round().astype(np.uint8)
-            g8 = (batch.image.cpu().numpy() * 255).round().astype(np.uint8)
+            r8 = media.to_uint8(image)
+            g8 = media.to_uint8(batch.image)
             err = np.clip(np.abs(r8.astype(int) - g8.astype(int)) * 4, 0, 255).astype(np.uint8)
             out.write(np.concatenate([g8, r8, err], 1))
             rendered.add(r8)
@@ -110,7 +110,7 @@ def evaluate(subject_dir: str | Path, json_path: str | Path | None = None, video
                 still_scores["psnr_head"].append(float(psnr(base, batch.image, masks["head"])))
                 if mouth.any():
                     still_scores["psnr_mouth"].append(float(psnr(base, batch.image, mouth[..., None].float())))
-                still.add((base.cpu().numpy() * 255).round().astype(np.uint8))
+                still.add(media.to_uint8(base))
     mux_split_audio(ctx.subject, tmp_video, video_path, int(ctx.test_indices[0]))
     truth_marks = truth.result()
     marks = landmark_metrics(rendered.result(), truth_marks)

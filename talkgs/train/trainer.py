@@ -31,7 +31,7 @@ from talkgs.train.config import FitConfig, StageConfig
 from talkgs.train.context import FitContext
 from talkgs.train.stages import STAGES
 from talkgs.train.strategy import make_strategy
-from talkgs.utils import log
+from talkgs.utils import log, media
 from talkgs.utils.config import from_dict, load_yaml, save_yaml, to_dict
 
 
@@ -229,7 +229,7 @@ class Trainer:
             scores.append(float(psnr(composite, batch.image, stage.masks(batch)["head"])))
             err = ((composite - batch.image).abs() * 4).clamp(0, 1)
             rows.append(torch.cat([batch.image, composite.clamp(0, 1), err], 1))
-        strip = (torch.cat(rows, 0).cpu().numpy() * 255).round().astype(np.uint8)
+        strip = media.to_uint8(torch.cat(rows, 0))
         tag = "final" if step < 0 else f"{step:06d}"
         cv2.imwrite(str(self.root / schema.VAL_DIR / f"{name}_{tag}.png"), cv2.cvtColor(strip, cv2.COLOR_RGB2BGR))
         if step >= 0:

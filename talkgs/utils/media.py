@@ -23,6 +23,12 @@ from talkgs.errors import TalkgsError
 logging.getLogger("imageio_ffmpeg").setLevel(logging.ERROR)
 
 
+def to_uint8(image) -> np.ndarray:
+    """A float image tensor in [0, 1] (any device; [H, W, 3] or [H, W]) as a uint8 numpy frame, clamped
+    and rounded."""
+    return (image.clamp(0, 1).detach().cpu().numpy() * 255).round().astype(np.uint8)
+
+
 def ffmpeg_exe() -> str:
     import imageio_ffmpeg
 
