@@ -1,12 +1,25 @@
-"""Densification through gsplat's own strategy, with a cap on the number of Gaussians."""
+"""Densification through gsplat's own strategy, with a cap on the number of Gaussians.
+
+Only gsplat's public API is used: the ``DefaultStrategy`` dataclass fields and its
+``step_post_backward`` callback. Private helpers (``_grow_gs``, ``_prune_gs``, ...) change signature
+between gsplat releases, so nothing here overrides or calls them. tests/test_strategy.py checks that
+the fields and callback relied on are still there and that growth stops at the cap on CPU.
+"""
 
 from __future__ import annotations
 
+import dataclasses
+import math
 from dataclasses import dataclass
 
 from gsplat.strategy import DefaultStrategy
 
 from talkgs.train.config import DensifyConfig
+
+#: The public DefaultStrategy fields that gate growth: a Gaussian duplicates or splits only when its
+#: mean 2D gradient exceeds ``grow_grad2d`` (or, while ``step < refine_scale2d_stop_iter``, when its
+#: screen radius exceeds ``grow_scale2d``). Infinite thresholds mean no Gaussian grows.
+NO_GROWTH = {"grow_grad2d": math.inf, "grow_scale2d": math.inf}
 
 
 @dataclass
@@ -14,15 +27,20 @@ class CappedDefaultStrategy(DefaultStrategy):
     """gsplat's DefaultStrategy that stops growing at ``cap_max`` Gaussians.
 
     A cap bounds CPU time and memory; gsplat's DefaultStrategy has none (its MCMCStrategy does, but
-    relocates instead of splitting, which suits sparse scenes less than a head).
+    relocates instead of splitting, which suits sparse scenes less than a head). A refinement step that
+    starts with ``cap_max`` or more Gaussians grows none (pruning, statistics and opacity resets go on as
+    usual); one that starts below the cap grows as gsplat decides, so the count may end above the cap
+    by at most what that one step adds.
     """
 
     cap_max: int = 30000
 
-    def _grow_gs(self, params, optimizers, state, step):
+    def step_post_backward(self, params, optimizers, state, step, info, packed=False):
+        strategy = self
         if len(params["means"]) >= self.cap_max:
-            return 0, 0
-        return super()._grow_gs(params, optimizers, state, step)
+            # The same strategy with growth switched off through its public thresholds, for this call.
+            strategy = dataclasses.replace(self, **NO_GROWTH)
+        return DefaultStrategy.step_post_backward(strategy, params, optimizers, state, step, info, packed=packed)
 
 
 def make_strategy(cfg: DensifyConfig) -> CappedDefaultStrategy:
