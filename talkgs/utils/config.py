@@ -3,6 +3,20 @@
 Dataclass defaults are the source of truth; a preset in configs/ or a saved run config only lists
 the fields it changes. Unknown keys and values of the wrong type are refused with one readable line,
 so a typo in a preset never silently falls back to a default.
+
+Lists of named dataclasses (a field typed ``list[X]`` where ``X`` is a dataclass with a ``name`` field,
+such as ``FitConfig.stages``) merge by name, so changing one field of one stage keeps everything else:
+
+* a YAML **mapping** edits named items in place: ``stages: {face: {iterations: 100}}`` changes the
+  face stage's iterations and keeps every other field of it, every other stage, and their order. A
+  name the list does not hold is refused, naming the ones it does.
+* a YAML **list** states the items and their order explicitly: items not listed are dropped (stages
+  not listed are not run). Each entry needs a ``name`` and merges onto the item of the same name in
+  the config being merged into (the n-th entry of a name onto the n-th item of that name), or onto
+  the dataclass defaults for a name that config does not hold. So ``[{name: face, iterations: 100}]``
+  runs the face stage alone, with its own sampler and densification settings.
+
+A saved run config lists every field of every item, so it rebuilds the same config either way.
 """
 
 from __future__ import annotations
@@ -96,11 +110,65 @@ def merge(cfg: T, data: dict, where: str = "") -> T:
     for name, value in data.items():
         sub = f"{where}.{name}" if where else name
         current = getattr(cfg, name)
+        item_cls = _named_item_type(hints[name])
         if dataclasses.is_dataclass(current) and isinstance(value, dict):
             kwargs[name] = merge(current, value, sub)
+        elif item_cls is not None:
+            kwargs[name] = _merge_named(item_cls, current, value, sub)
         else:
             kwargs[name] = _coerce(hints[name], value, sub)
     return dataclasses.replace(cfg, **kwargs)
+
+
+def _named_item_type(tp: Any) -> type | None:
+    """``X`` when ``tp`` is ``list[X]`` and ``X`` is a dataclass with a ``name`` field, else None."""
+    if typing.get_origin(tp) is not list:
+        return None
+    (item,) = typing.get_args(tp) or (None,)
+    if dataclasses.is_dataclass(item) and "name" in {f.name for f in dataclasses.fields(item)}:
+        return item
+    return None
+
+
+def _merge_named(item_cls: type, current: list | None, value: Any, where: str) -> list:
+    """Merge a YAML mapping (edit named items) or list (explicit items, in order) onto ``current``."""
+    current = list(current or [])
+    known = ", ".join(dict.fromkeys(str(c.name) for c in current)) or "none"
+    if isinstance(value, dict):
+        out = list(current)
+        for key, fields in value.items():
+            sub = f"{where}.{key}"
+            idx = [i for i, c in enumerate(current) if c.name == key]
+            if not idx:
+                raise TalkgsError(f"config: {where} has no item named {key!r} (known: {known})")
+            if fields is None:
+                continue
+            if not isinstance(fields, dict):
+                raise TalkgsError(f"config: {sub} must be a mapping of fields, got {fields!r}")
+            if fields.get("name", key) != key:
+                raise TalkgsError(f"config: {sub}.name cannot rename an item here; list {where} to rename")
+            for i in idx:
+                out[i] = merge(current[i], fields, sub)
+        return out
+    if not isinstance(value, (list, tuple)):
+        raise TalkgsError(
+            f"config: {where} must be a list of items or a mapping from item name to fields, got {value!r}"
+        )
+    seen: dict[str, int] = {}
+    out = []
+    for i, entry in enumerate(value):
+        sub = f"{where}[{i}]"
+        if not isinstance(entry, dict):
+            raise TalkgsError(f"config: {sub} must be a mapping, got {entry!r}")
+        if "name" not in entry:
+            raise TalkgsError(f"config: {sub} needs a name (known: {known})")
+        name = entry["name"]
+        same = [c for c in current if c.name == name]
+        k = seen.get(name, 0)
+        seen[name] = k + 1
+        base = same[k] if k < len(same) else item_cls()
+        out.append(merge(base, entry, sub))
+    return out
 
 
 def load_yaml(path: str | os.PathLike) -> dict:
