@@ -16,6 +16,7 @@ from talkgs.cli.main import main
 from talkgs.data import schema
 from talkgs.errors import TalkgsError
 from talkgs.model import GaussianModel, load_ply
+from talkgs.model.fitted import load_model
 from talkgs.train import stages as stages_module
 from talkgs.train.config import FitConfig
 from talkgs.train.trainer import Trainer
@@ -25,6 +26,24 @@ from talkgs.utils.config import from_dict, load_section, load_yaml, to_dict
 
 def tiny_fit(**overrides) -> FitConfig:
     return dataclasses.replace(load_section(FitConfig, "tiny", "fit"), **overrides)
+
+
+def fitted_face(root) -> GaussianModel:
+    """The static head (the face branch's canonical Gaussians) of a fitted subject's model."""
+    return load_model(root).head.face
+
+
+def fitted_stage(root, name: str | None = None):
+    """(context, stage ``name`` (default: the run's last) over the fitted model's head), built through
+    their real constructors from the run's saved config."""
+    from talkgs.data import Subject
+    from talkgs.train.context import FitContext
+    from talkgs.train.stages import STAGES
+
+    cfg = from_dict(FitConfig, load_yaml(root / schema.FIT_CONFIG))
+    ctx = FitContext(Subject(root), dataclasses.replace(cfg, device="cpu"))
+    stage_cfg = next((s for s in cfg.stages if s.name == name), cfg.stages[-1])
+    return ctx, STAGES[stage_cfg.name](ctx, stage_cfg, load_model(root).head)
 
 
 @pytest.fixture()
@@ -43,7 +62,7 @@ def test_static_fit_learns_the_head(fitted):
     # model that had not learned (its initial colours) gives about 21 dB.
     assert stage["psnr_head"] > 25.0
     assert stage["gaussians"] == report["gaussians"] > 1000  # densification grew it
-    model = GaussianModel.load(root / schema.GAUSSIANS)
+    model = fitted_face(root)
     assert model.num_gaussians == report["gaussians"] and model.sh_degree == 1
     assert json.loads((root / schema.FIT_REPORT).read_text()) == report
     # The run's config is saved and rebuilds the same config.
@@ -54,21 +73,13 @@ def test_static_fit_learns_the_head(fitted):
 def test_head_stays_inside_the_head_mask(fitted):
     """The alpha loss keeps Gaussians on the head: opaque on it, transparent on the background."""
     root, _ = fitted
-    from safetensors.torch import load_file
+    from talkgs.data import Label
 
-    from talkgs.data import Label, Subject
-    from talkgs.model.talking_head import TalkingHead
-    from talkgs.train.context import FitContext
-    from talkgs.train.stages import Stage
-
-    ctx = FitContext(Subject(root), tiny_fit())
-    head = TalkingHead.from_tensors(load_file(str(root / schema.TALKING_HEAD)), ctx.features.shape[-1],
-                                    tiny_fit().head)
-    stage = Stage(ctx, tiny_fit().stages[0], head)
+    ctx, stage = fitted_stage(root, "static")
     batch = ctx.batch(int(ctx.test_indices[10]))
     with torch.no_grad():
-        _, outs = stage.render(batch)
-    alpha = outs["face"].alpha[..., 0]
+        out = stage.render(batch)
+    alpha = out.face[0].alpha[..., 0]
     labels = batch.labels
     assert alpha[labels == Label.FACE].mean() > 0.9
     assert alpha[labels == Label.BACKGROUND].mean() < 0.1
@@ -79,7 +90,7 @@ def test_fit_is_deterministic_and_resumes_exactly(subject, tmp_path, monkeypatch
     shutil.copytree(subject, other)
     cfg = tiny_fit()
     Trainer(subject, cfg).run()
-    straight = GaussianModel.load(subject / schema.GAUSSIANS)
+    straight = fitted_face(subject)
 
     # Ctrl-C in the middle of step 31 (the 31st loss): the step completes, a checkpoint is saved.
     calls = {"n": 0}
@@ -95,11 +106,11 @@ def test_fit_is_deterministic_and_resumes_exactly(subject, tmp_path, monkeypatch
     with pytest.raises(KeyboardInterrupt):
         Trainer(other, cfg).run()
     monkeypatch.setattr(stages_module.Stage, "loss", original)
-    assert (other / schema.CHECKPOINT).is_file() and not (other / schema.GAUSSIANS).exists()
+    assert (other / schema.CHECKPOINT).is_file() and not (other / schema.MODEL).exists()
     saved = torch.load(other / schema.CHECKPOINT, weights_only=True)
     assert saved["step"] == 31
     Trainer(other, cfg, resume=True).run()
-    resumed = GaussianModel.load(other / schema.GAUSSIANS)
+    resumed = fitted_face(other)
     for name in straight.params:
         assert torch.equal(straight.params[name], resumed.params[name]), name
 
@@ -121,7 +132,7 @@ def test_cli_fit_and_export(subject, tmp_path, capsys):
     ply = tmp_path / "head.ply"
     assert main(["--quiet", "export", str(subject), "--ply", str(ply)]) == 0
     loaded = load_ply(ply)
-    model = GaussianModel.load(subject / schema.GAUSSIANS)
+    model = fitted_face(subject)
     assert loaded.num_gaussians == model.num_gaussians
     assert torch.equal(loaded.params["means"], model.params["means"])
     capsys.readouterr()
@@ -195,18 +206,17 @@ def test_landmark_metrics_on_real_frames(demo_subject):
 
 
 def test_every_stage_runs_and_the_head_reloads(fitted):
-    from safetensors.torch import load_file
-
-    from talkgs.model.talking_head import TalkingHead
-
     root, report = fitted
     assert list(report["stages"]) == ["static", "mouth", "face", "fuse"]
     for result in report["stages"].values():
         assert result["psnr_head"] > 25.0 and result["psnr_mouth"] is not None
     assert report["mouth_gaussians"] > 0
-    tensors = load_file(str(root / schema.TALKING_HEAD))
-    head = TalkingHead.from_tensors(tensors, 80, tiny_fit().head)  # mel
-    assert head.mouth.num_gaussians == report["mouth_gaussians"]
+    model = load_model(root)
+    head = model.head
+    tensors = head.tensors()
+    assert head.audio_face.encoder.dim_in == 80  # mel
+    assert head.mouth.num_gaussians == report["mouth_gaussians"] and head.cfg == tiny_fit().head
+    assert model.draws == {"mouth": True, "face_motion": True, "mouth_motion": True}
     # The face stage trained the face motion field: its offsets are no longer zero.
     last = [k for k in tensors if k.startswith("face_motion.") and "out" in k]
     assert last and any(tensors[k].abs().sum() > 0 for k in last)
@@ -265,27 +275,23 @@ def test_fit_a_video_prepares_then_fits(tmp_path):
     assert main(["--quiet", "fit", str(clip), "-o", str(out), "--config", "tiny", "--iterations", "5"]) == 0
     report = json.loads((out / schema.FIT_REPORT).read_text())
     assert list(report["stages"]) == ["static", "mouth", "face", "fuse"]
-    assert (out / schema.MANIFEST).is_file() and (out / schema.TALKING_HEAD).is_file()
+    assert (out / schema.MANIFEST).is_file() and (out / schema.MODEL).is_file()
     assert main(["--quiet", "fit", str(clip), "--config", "tiny"]) == 2  # a video needs -o
 
 
 def test_landmark_loss_matches_tracking_and_trains_the_face_field(fitted):
     """The landmark loss projects like prepare: the unmoved template lands within a pixel or two of the
     tracked lips and eyelids; and it sends gradients to the face field, not to the Gaussians."""
-    from talkgs.eval.evaluate import load_fitted
-
-    ctx, stage = load_fitted(fitted[0], "cpu")
+    ctx, stage = fitted_stage(fitted[0])
     frame = int(ctx.train_indices[10])
     batch = ctx.batch(frame)
     stage.head.requires_grad_(False)
     stage.head.face_motion.requires_grad_(True)
-    stage.render(batch)
-    moved = stage._landmark_loss(batch)
-    d = stage.last_face_deltas.d_means
-    stage.last_face_deltas.d_means = torch.zeros_like(d)
-    unmoved = float(stage._landmark_loss(batch))
+    deltas = stage.render(batch).face_deltas
+    moved = stage._landmark_loss(batch, deltas)
+    still = dataclasses.replace(deltas, d_means=torch.zeros_like(deltas.d_means))
+    unmoved = float(stage._landmark_loss(batch, still))
     assert unmoved < 2.0  # pixels at 64 px: the tracker's own residual, not a convention error
-    stage.last_face_deltas.d_means = d
     moved.backward()
     grads = [p.grad for p in stage.head.face_motion.parameters() if p.grad is not None]
     assert grads and any(float(g.abs().sum()) > 0 for g in grads)
@@ -295,28 +301,23 @@ def test_landmark_loss_matches_tracking_and_trains_the_face_field(fitted):
 def test_landmark_loss_over_extra_frames_matches_rendering_them(fitted):
     """The extra frames of the landmark loss deform only the anchor Gaussians; the loss must equal the
     mean of the per-frame losses computed the slow way, each from a full render of that frame."""
-    from talkgs.eval.evaluate import load_fitted
-
-    ctx, stage = load_fitted(fitted[0], "cpu")
+    ctx, stage = fitted_stage(fitted[0])
     frames = [int(i) for i in ctx.train_indices[[3, 17, 29]]]
     with torch.no_grad():
         slow = []
         stage.landmark_extra = None
         for i in frames:
             batch = ctx.batch(i)
-            stage.render(batch)
-            slow.append(float(stage._landmark_loss(batch)))
+            slow.append(float(stage._landmark_loss(batch, stage.render(batch).face_deltas)))
         batch = ctx.batch(frames[0])
-        stage.render(batch)
+        deltas = stage.render(batch).face_deltas
         stage.landmark_extra = torch.tensor(frames[1:])
-        fast = float(stage._landmark_loss(batch))
+        fast = float(stage._landmark_loss(batch, deltas))
     assert fast == pytest.approx(float(np.mean(slow)), rel=1e-5)
 
 
 def test_face_stage_draws_extra_landmark_frames_from_the_training_frames(fitted):
-    from talkgs.eval.evaluate import load_fitted
-
-    ctx, stage = load_fitted(fitted[0], "cpu")
+    ctx, stage = fitted_stage(fitted[0])
     gen = torch.Generator().manual_seed(0)
     drawn = set()
     for step in range(20):
@@ -329,24 +330,21 @@ def test_face_stage_draws_extra_landmark_frames_from_the_training_frames(fitted)
 def test_mouth_stage_trains_the_mouth_alone_and_fixed_gaussians_show_every_band(fitted):
     """The mouth stage's training render leaves the face out (TalkingGaussian's inside-mouth branch), its
     evaluation render does not; and a stage's SH warm-up never applies to Gaussians it does not train."""
-    from talkgs.eval.evaluate import load_fitted
     from talkgs.train.stages import STAGES
 
-    ctx, fuse = load_fitted(fitted[0], "cpu")
+    ctx, fuse = fitted_stage(fitted[0])
     mouth = STAGES["mouth"](ctx, dataclasses.replace(fuse.cfg, name="mouth"), fuse.head)
     batch = ctx.batch(int(ctx.train_indices[5]))
     with torch.no_grad():
-        _, outs = mouth.render(batch, training=True)
-        assert float(outs["face"].alpha.max()) == 0
-        _, outs = mouth.render(batch)
-        assert float(outs["face"].alpha.max()) > 0.9
+        assert float(mouth.render(batch, training=True).face[0].alpha.max()) == 0
+        assert float(mouth.render(batch).face[0].alpha.max()) > 0.9
         # The fuse stage trains no Gaussians: a warm-up degree must not change its picture.
-        full, _ = fuse.render(batch)
-        warm, _ = fuse.render(batch, sh_degree=0, training=True)
+        full = fuse.render(batch).image
+        warm = fuse.render(batch, sh_degree=0, training=True).image
         assert torch.equal(full, warm)
         # The mouth stage's own Gaussians follow the schedule (the tiny preset has one SH band, which
         # the tiny fit barely trained: give it colour so that it shows).
         fuse.head.mouth.params["shN"].normal_(0, 0.5)
-        a, _ = mouth.render(batch, sh_degree=0, training=True)
-        b, _ = mouth.render(batch, training=True)
+        a = mouth.render(batch, sh_degree=0, training=True).image
+        b = mouth.render(batch, training=True).image
     assert fuse.head.mouth.sh_degree == 1 and not torch.equal(a, b)

@@ -349,13 +349,31 @@ def test_default_strategy_densifies_and_prunes(tmp_path, sh_degree):
 
 
 # -- talkgs export -------------------------------------------------------------------------------------
+def fitted_model_file(path, face: GaussianModel) -> None:
+    """A fitted model file (``talkgs.model.fitted``) whose static head is ``face``; the rest is small."""
+    import numpy as np
+
+    from talkgs.model.fitted import FittedModel, Replay, encode_layer, header_for
+    from talkgs.model.talking_head import HeadConfig, TalkingHead
+
+    head = TalkingHead(face, random_model(n=4, sh_degree=face.sh_degree, seed=3), 8, HeadConfig())
+    header = header_for(head, audio_dim=8, fps=25.0, resolution=16, layer_size=16, K=np.eye(3), audio={},
+                        backend="torch", device="cpu", source="fake", draws={"mouth": False, "face_motion": False,
+                                                                              "mouth_motion": False})
+    replay = Replay(w2c=np.eye(4)[None], expression=np.zeros((1, 2)), train=np.zeros(1, np.int64),
+                    cuts=np.zeros(0, np.int64), pivot=np.zeros(3), expression_open=np.zeros(2),
+                    expression_closed=np.zeros(2))
+    layer = encode_layer(np.zeros((16, 16, 4), np.uint8))
+    FittedModel(head, header, replay, encode_layer(np.zeros((16, 16, 3), np.uint8)), {0: layer}).save(path)
+
+
 def fake_subject(root, fitted: bool = True, model: GaussianModel | None = None):
-    """A folder with just what ``talkgs export`` reads: the manifest and, when fitted, the Gaussians."""
+    """A folder with just what ``talkgs export`` reads: the manifest and, when fitted, the fitted model."""
     root.mkdir()
     (root / schema.MANIFEST).write_text(json.dumps({"format_version": schema.FORMAT_VERSION}))
     if fitted:
         (root / schema.FIT_DIR).mkdir()
-        (model or random_model(n=12, sh_degree=1)).save(root / schema.GAUSSIANS)
+        fitted_model_file(root / schema.MODEL, model or random_model(n=12, sh_degree=1))
     return root
 
 
@@ -377,8 +395,7 @@ def test_export_cli_writes_the_ply(tmp_path, capsys):
     assert code == 2
     assert err.strip().splitlines() == [f"talkgs: error: {out} already exists; pass --force to replace it"]
 
-    other = random_model(n=5, sh_degree=1, seed=7)
-    other.save(subject / schema.GAUSSIANS)
+    fitted_model_file(subject / schema.MODEL, random_model(n=5, sh_degree=1, seed=7))
     code, err = run_cli(capsys, "export", subject, "--ply", out, "--force")
     assert code == 0, err
     assert load_ply(out).num_gaussians == 5
@@ -392,7 +409,7 @@ def test_export_cli_errors(tmp_path, capsys):
     code, err = run_cli(capsys, "export", plain, "--ply", out)
     assert code == 2
     assert err.strip().splitlines() == [
-        f"talkgs: error: {plain} is not a prepared subject (no {schema.MANIFEST}); run talkgs prepare first"]
+        f"talkgs: error: {plain} is neither a fitted subject folder nor a fitted model file"]
 
     unfitted = fake_subject(tmp_path / "unfitted", fitted=False)
     code, err = run_cli(capsys, "export", unfitted, "--ply", out)
@@ -402,7 +419,7 @@ def test_export_cli_errors(tmp_path, capsys):
 
     damaged = fake_subject(tmp_path / "damaged", fitted=False)
     (damaged / schema.FIT_DIR).mkdir()
-    (damaged / schema.GAUSSIANS).write_bytes(b"\x00" * 20)
+    (damaged / schema.MODEL).write_bytes(b"\x00" * 20)
     code, err = run_cli(capsys, "export", damaged, "--ply", out)
     assert code == 2 and len(err.strip().splitlines()) == 1 and "damaged" in err
     assert not out.exists()

@@ -21,6 +21,8 @@ import threading
 import time
 from pathlib import Path
 
+from talkgs.data.schema import FRAMES, REPORT
+
 
 def _tree_rss_mb(pid: int) -> float:
     """Resident memory of ``pid`` and all its descendants, in MB (from /proc)."""
@@ -69,7 +71,7 @@ def run(video: Path, size: int, encoders: str, out_root: Path) -> dict:
     wall = time.perf_counter() - start
     if code != 0:
         raise SystemExit(f"prepare failed with exit code {code}")
-    report = json.loads((out / "prepare_report.json").read_text())
+    report = json.loads((out / REPORT).read_text())
     return {
         "video": video.name,
         "video_seconds": report["duration_s"],
@@ -86,7 +88,7 @@ def run(video: Path, size: int, encoders: str, out_root: Path) -> dict:
         "av_offset_frames": report["av_offset_frames"],
         "cuts": report["cuts"],
         "stage_seconds": report["stage_seconds"],
-        "frames_mp4_mb": round((out / "frames.mp4").stat().st_size / 2**20, 2),
+        "frames_mp4_mb": round((out / FRAMES).stat().st_size / 2**20, 2),
         "subject_mb": round(sum(p.stat().st_size for p in out.rglob("*") if p.is_file()) / 2**20, 2),
     }
 

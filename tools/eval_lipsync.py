@@ -20,6 +20,7 @@ KEYS = ("bilabial_closure_rate", "bilabial_count", "av_offset_frames", "mouth_en
 
 
 def main() -> None:
+    from talkgs.data import schema
     from talkgs.eval.lipsync import lipsync_metrics
     from talkgs.render.driver import DriveConfig, render_speech
 
@@ -33,7 +34,7 @@ def main() -> None:
     rows = []
     if args.truth:
         root = Path(args.truth)
-        report = lipsync_metrics(root / "frames.mp4", root / "audio.wav")
+        report = lipsync_metrics(root / schema.FRAMES, root / schema.AUDIO)
         rows.append({"model": "real footage", "audio": "its own", **{k: report.get(k) for k in KEYS}})
         print(json.dumps(rows[-1]))
     with tempfile.TemporaryDirectory() as tmp:

@@ -14,7 +14,7 @@ import cv2
 import numpy as np
 import torch
 
-from talkgs.eval.evaluate import load_fitted
+from talkgs.eval.evaluate import load_fitted, render_frame
 from talkgs.prepare import topology as topo
 from talkgs.utils.media import to_uint8
 
@@ -26,21 +26,22 @@ def main() -> None:
     ap.add_argument("--frames", type=int, default=8)
     ap.add_argument("--zoom", type=int, default=4)
     args = ap.parse_args()
-    ctx, stage = load_fitted(args.subject, "cpu")
+    model, ctx = load_fitted(args.subject, "cpu")
+    subject = ctx.subject
     test = ctx.test_indices
-    order = test[np.argsort(ctx.mouth_open[test], kind="stable")]
+    order = test[np.argsort(subject.signals["mouth_open"][test], kind="stable")]
     picks = order[np.linspace(0, len(order) - 1, args.frames).round().astype(int)]
     res = ctx.resolution
     half = max(4, round(0.11 * res))  # the lips span about a fifth of the frame at the head's framing
     columns = []
     with torch.no_grad():
         for i in picks:
-            batch = ctx.batch(int(i))
-            lips = ctx.landmarks[int(i), list(topo.LIPS_OUTER)].cpu().numpy().mean(0)
+            batch, moving = render_frame(model, ctx, int(i))
+            still = render_frame(model, ctx, int(i), motion=False)[1]
+            lips = subject.landmarks[int(i), list(topo.LIPS_OUTER), :2].mean(0) * res / subject.size
             x0 = int(np.clip(round(lips[0]) - half, 0, res - 2 * half))
             y0 = int(np.clip(round(lips[1]) - half, 0, res - 2 * half))
-            tiles = [to_uint8(batch.image), to_uint8(stage.render(batch, motion=False)[0]),
-                     to_uint8(stage.render(batch)[0])]
+            tiles = [to_uint8(batch.image), to_uint8(still.image[0]), to_uint8(moving.image[0])]
             crops = [cv2.resize(t[y0:y0 + 2 * half, x0:x0 + 2 * half], None, fx=args.zoom, fy=args.zoom,
                                 interpolation=cv2.INTER_NEAREST) for t in tiles]
             columns.append(np.concatenate(crops, 0))

@@ -20,14 +20,13 @@ from pathlib import Path
 
 import torch
 import yaml
-from safetensors.torch import load_file, save_file
 
 from talkgs.data import schema
-from talkgs.model.gaussians import PARAM_NAMES, GaussianModel
+from talkgs.model.fitted import load_model
 from talkgs.model.talking_head import TalkingHead
 from talkgs.train.config import FitConfig
 from talkgs.train.context import FitContext
-from talkgs.train.trainer import Trainer
+from talkgs.train.trainer import Trainer, fitted_model
 from talkgs.utils.config import load_section, merge
 
 
@@ -38,7 +37,7 @@ def main() -> None:
     ap.add_argument("--preset", default="cpu")
     ap.add_argument("--override", type=Path, help="YAML merged into the preset's fit section")
     args = ap.parse_args()
-    source = load_file(str(args.subject / schema.TALKING_HEAD))
+    face = load_model(args.subject).head.face
     shutil.copytree(args.subject, args.out, ignore=shutil.ignore_patterns("fit", "preview", "eval_*"))
     cfg = load_section(FitConfig, args.preset, "fit")
     if args.override:
@@ -50,15 +49,13 @@ def main() -> None:
     torch.manual_seed(cfg.seed)
     gen = torch.Generator().manual_seed(cfg.seed)
     fresh = trainer._initial_head(ctx, ctx.features.shape[-1])
-    face = GaussianModel(**{k: source[f"face.params.{k}"] for k in PARAM_NAMES})
     head = TalkingHead(face, fresh.mouth, ctx.features.shape[-1], cfg.head).to(ctx.device)
     train = torch.as_tensor(ctx.train_indices, device=ctx.device)
     head.set_input_stats(ctx.features[train], ctx.expression[train])
     report: dict = {"stages": {}}
     for k, stage in enumerate(cfg.stages):
         report["stages"][stage.name] = trainer._run_stage(k, stage, head, gen, report, 0, None)
-    head.face.save(trainer.root / schema.GAUSSIANS)
-    save_file(head.tensors(), str(trainer.root / schema.TALKING_HEAD))
+    fitted_model(trainer.subject, cfg, ctx, head).save(trainer.root / schema.MODEL)
     (trainer.root / schema.FIT_REPORT).write_text(json.dumps(report, indent=1))
     print(json.dumps(report["stages"], indent=1))
 

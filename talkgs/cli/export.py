@@ -10,7 +10,8 @@ def register(sub: argparse._SubParsersAction) -> None:
         "export", help=__doc__.strip().rstrip("."), description=__doc__,
         epilog="Example: talkgs export my_subject --ply head.ply  (open it in SuperSplat or any 3DGS viewer)",
     )
-    p.add_argument("subject", metavar="SUBJECT_DIR", help="subject folder fitted by talkgs fit")
+    p.add_argument("subject", metavar="SUBJECT_DIR|MODEL",
+                   help="subject folder fitted by talkgs fit, or its fit/model.safetensors copied anywhere")
     p.add_argument("--ply", required=True, metavar="OUT.ply",
                    help="PLY file to write: the standard 3DGS layout (binary, SH coefficients, logit opacity, "
                         "log scales)")
@@ -21,21 +22,14 @@ def register(sub: argparse._SubParsersAction) -> None:
 def run(args: argparse.Namespace) -> int:
     from pathlib import Path
 
-    from talkgs.data import schema
-    from talkgs.errors import TalkgsError
-    from talkgs.model import GaussianModel, export_ply
+    from talkgs.model import export_ply
+    from talkgs.model.fitted import load_model
     from talkgs.utils import log
     from talkgs.utils.fs import check_output_file
 
-    root = Path(args.subject)
-    if not (root / schema.MANIFEST).is_file():
-        raise TalkgsError(f"{root} is not a prepared subject (no {schema.MANIFEST}); run talkgs prepare first")
-    gaussians = root / schema.GAUSSIANS
-    if not gaussians.is_file():
-        raise TalkgsError(f"{root} is not fitted yet (no {schema.GAUSSIANS}); run talkgs fit {root} first")
     out = Path(args.ply)
     check_output_file(out, args.force)
-    model = GaussianModel.load(gaussians)
+    model = load_model(args.subject).head.face  # the static head: the face branch's canonical Gaussians
     n = export_ply(model, out)
     log.info(f"wrote {n} Gaussians (SH degree {model.sh_degree}) to {out}")
     return 0

@@ -9,7 +9,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("render", help=__doc__.strip().rstrip("."), description=__doc__,
                        epilog="Examples: talkgs render my_subject --audio speech.wav -o talk.mp4;  "
                               "talkgs render my_subject --split test -o held_out.mp4")
-    p.add_argument("subject", metavar="SUBJECT_DIR")
+    p.add_argument("subject", metavar="SUBJECT_DIR|MODEL",
+                   help="a fitted subject folder, or its fit/model.safetensors copied anywhere (--audio only: "
+                        "--split needs the subject's frames)")
     p.add_argument("-o", "--output", required=True, metavar="OUT.mp4")
     src = p.add_mutually_exclusive_group()
     src.add_argument("--audio", metavar="SPEECH", help="any audio ffmpeg reads; the video lasts as long as it")
@@ -52,14 +54,19 @@ def _render_split(args: argparse.Namespace) -> int:
 
     import torch
 
-    from talkgs.eval.evaluate import load_fitted, mux_split_audio
+    from talkgs.data import schema
+    from talkgs.errors import TalkgsError
+    from talkgs.eval.evaluate import load_fitted, mux_split_audio, render_frame
     from talkgs.utils import log, media
     from talkgs.utils.fs import check_output_file
 
     split = args.split or "test"
     out = Path(args.output)
+    if not (Path(args.subject) / schema.MANIFEST).is_file():
+        raise TalkgsError(f"--split renders a subject's own frames: {args.subject} is not a subject folder "
+                          "(a model file alone renders --audio)")
     check_output_file(out, args.force)
-    ctx, stage = load_fitted(args.subject, args.device)
+    model, ctx = load_fitted(args.subject, args.device)
     frames = ctx.test_indices if split == "test" else ctx.train_indices
     res = ctx.resolution
     tmp = out.with_name(f".{out.name}.tmp.mp4")
@@ -67,8 +74,7 @@ def _render_split(args: argparse.Namespace) -> int:
         with torch.no_grad(), media.VideoWriter(tmp, (res, res), ctx.subject.fps, crf=14, preset="veryfast",
                                                  pix_fmt="yuv420p") as writer:
             for i in log.progress(frames, desc="render", unit="frame"):
-                image, _ = stage.render(ctx.batch(int(i)))
-                writer.write(media.to_uint8(image))
+                writer.write(media.to_uint8(render_frame(model, ctx, int(i))[1].image[0]))
         mux_split_audio(ctx.subject, tmp, out, int(frames[0]))
     finally:
         tmp.unlink(missing_ok=True)

@@ -16,10 +16,9 @@ from pathlib import Path
 import cv2
 import numpy as np
 
+from talkgs.data import schema
 from talkgs.data.subject import Subject
 from talkgs.utils import log
-
-CACHE_DIR = "fit/cache"
 
 
 @dataclass
@@ -35,15 +34,15 @@ def _stamp(subject: Subject) -> dict:
     """What the cache depends on: if any of it changes, the cache is rebuilt."""
     stat = lambda name: (subject.root / name).stat()  # noqa: E731
     return {
-        "frames": [stat("frames.mp4").st_size, stat("frames.mp4").st_mtime_ns],
-        "labels": [stat("labels.mkv").st_size, stat("labels.mkv").st_mtime_ns],
+        "frames": [stat(schema.FRAMES).st_size, stat(schema.FRAMES).st_mtime_ns],
+        "labels": [stat(schema.LABELS_VIDEO).st_size, stat(schema.LABELS_VIDEO).st_mtime_ns],
         "num_frames": subject.num_frames,
     }
 
 
 def open_cache(subject: Subject, resolution: int) -> FrameCache:
     """The cache of ``subject`` at ``resolution`` px, built on first use."""
-    folder = subject.root / CACHE_DIR
+    folder = subject.root / schema.CACHE_DIR
     base = folder / f"{resolution}"
     meta_path = Path(f"{base}.json")
     shape = (subject.num_frames, resolution, resolution)

@@ -57,8 +57,10 @@ EXPRESSION_CHANNELS = ("blink_left", "blink_right", "mouth_open", "lip_spread", 
 # -- fitting outputs (talkgs fit), inside the subject folder ------------------------------------------
 FIT_DIR = "fit"
 FIT_CONFIG = "fit/config.yaml"  # the full FitConfig the run used; eval, render and view rebuild from it
-GAUSSIANS = "fit/gaussians.safetensors"  # the static head's Gaussians (GaussianModel.save)
-TALKING_HEAD = "fit/talking_head.safetensors"  # every part of the talking head (TalkingHead.tensors)
+MODEL = "fit/model.safetensors"  # the fitted model: everything render, view and export need (model/fitted.py)
 CHECKPOINT = "fit/checkpoint.pt"  # resumable training state (torch.save, loadable with weights_only)
 FIT_REPORT = "fit/fit_report.json"
 VAL_DIR = "fit/val"  # validation renders of held-out frames, PNG
+CACHE_DIR = "fit/cache"  # frames and labels at one resolution, memory-mapped (data/cache.py)
+EVAL_REPORT = "eval_report.json"  # talkgs eval: held-out metrics
+EVAL_VIDEO = "eval_side_by_side.mp4"  # talkgs eval: truth | render | error, with the held-out audio

@@ -1,8 +1,8 @@
 """``talkgs eval SUBJECT_DIR``: render the held-out frames and compare them with the real ones.
 
-The renderer is rebuilt from the run's saved config (SUBJECT_DIR/fit/config.yaml) and model, so the
-evaluation sees exactly what was trained. Frames stream: each held-out frame is rendered, scored,
-written to the side-by-side video and dropped.
+The head is the fitted model (SUBJECT_DIR/fit/model.safetensors) drawn through the one forward pass
+(``talkgs.render.forward``) that training used, so the evaluation sees exactly what was trained.
+Frames stream: each held-out frame is rendered, scored, written to the side-by-side video and dropped.
 """
 
 from __future__ import annotations
@@ -14,40 +14,42 @@ import numpy as np
 import torch
 
 from talkgs.data import schema
+from talkgs.data.frames import Batch, SubjectFrames, pick_device
 from talkgs.data.subject import Subject
-from talkgs.errors import TalkgsError
 from talkgs.eval.landmark_metrics import LandmarkTracker, landmark_metrics
+from talkgs.model.fitted import FittedModel, load_model
 from talkgs.model.losses import psnr, ssim
+from talkgs.render.forward import FrameOutput, render_frames
 from talkgs.utils import log, media
 
-EVAL_REPORT = "eval_report.json"
-EVAL_VIDEO = "eval_side_by_side.mp4"
 
+def load_fitted(subject_dir: str | Path, device: str | None = None) -> tuple[FittedModel, SubjectFrames]:
+    """(fitted model, the subject's frames at the fit's resolution on ``device``) of a fitted subject.
 
-def load_fitted(subject_dir: str | Path, device: str | None = None):
-    """(context, stage) able to render any frame of a fitted subject, rebuilt from its saved config."""
-    import dataclasses
-
-    from safetensors.torch import load_file
-
-    from talkgs.model.talking_head import TalkingHead
-    from talkgs.train.config import FitConfig
-    from talkgs.train.context import FitContext
-    from talkgs.train.stages import STAGES
-    from talkgs.utils.config import from_dict, load_yaml
-
+    Everything that draws comes from the fitted model (fit/model.safetensors); the subject folder
+    gives only what is compared with: the real frames, their poses, torso layers and audio.
+    """
     subject = Subject(subject_dir)
-    root = subject.root
-    if not (root / schema.TALKING_HEAD).is_file() or not (root / schema.FIT_CONFIG).is_file():
-        raise TalkgsError(f"{root} is not fitted yet; run talkgs fit {root} first")
-    cfg = from_dict(FitConfig, load_yaml(root / schema.FIT_CONFIG))
-    if device:
-        cfg = dataclasses.replace(cfg, device=device)
-    ctx = FitContext(subject, cfg)
-    audio_dim = ctx.features.shape[-1] if ctx.features is not None else 1
-    head = TalkingHead.from_tensors(load_file(str(root / schema.TALKING_HEAD)), audio_dim, cfg.head).to(ctx.device)
-    last = cfg.stages[-1]
-    return ctx, STAGES[last.name](ctx, last, head)
+    model = load_model(subject.root)
+    dev = pick_device(device or model.header["device"])
+    model.head.to(dev)
+    frames = SubjectFrames(subject, model.resolution, dev, model.encoders, tuple(model.head.cfg.expression))
+    return model, frames
+
+
+def render_frame(model: FittedModel, frames: SubjectFrames, index: int,
+                 motion: bool = True) -> tuple[Batch, FrameOutput]:
+    """(the real frame ``index``, the model's render of it with that frame's own audio, pose and torso).
+
+    ``motion`` False: the same Gaussians without their motion fields (the no-motion baseline).
+    """
+    batch = frames.batch(int(index))
+    draws = model.draws
+    idx = torch.tensor([batch.index], device=frames.device)
+    out = render_frames(model.head, frames.features, idx, frames.expression[idx], batch.viewmat[None], batch.K,
+                        batch.under[None], mouth=draws["mouth"], face_motion=draws["face_motion"] and motion,
+                        mouth_motion=draws["mouth_motion"] and motion, backend=model.backend)
+    return batch, out
 
 
 def _lpips_fn(device):
@@ -66,10 +68,10 @@ def _lpips_fn(device):
 @torch.no_grad()
 def evaluate(subject_dir: str | Path, json_path: str | Path | None = None, video_path: str | Path | None = None,
              device: str | None = None) -> dict:
-    ctx, stage = load_fitted(subject_dir, device)
+    model, ctx = load_fitted(subject_dir, device)
     root = ctx.subject.root
-    json_path = Path(json_path) if json_path else root / EVAL_REPORT
-    video_path = Path(video_path) if video_path else root / EVAL_VIDEO
+    json_path = Path(json_path) if json_path else root / schema.EVAL_REPORT
+    video_path = Path(video_path) if video_path else root / schema.EVAL_VIDEO
     lpips_net, lpips_reason = _lpips_fn(ctx.device)
     if lpips_net is None:
         log.info(f"lpips: null ({lpips_reason})")
@@ -77,7 +79,8 @@ def evaluate(subject_dir: str | Path, json_path: str | Path | None = None, video
     scores: dict[str, list[float]] = {"psnr": [], "ssim": [], "psnr_head": [], "psnr_mouth": [], "lpips": []}
     # The baseline: the same Gaussians without their motion fields. Pose alone moves what MediaPipe
     # reads as mouth opening, so a motionless mouth scores a correlation too, and the report says how much.
-    moving = stage.face_motion or stage.mouth_motion
+    moving = ctx.features is not None and (model.draws["face_motion"] or model.draws["mouth_motion"])
+    head_labels = torch.tensor([int(lb) for lb in schema.HEAD_LABELS], device=ctx.device)
     still_scores: dict[str, list[float]] = {"psnr_head": [], "psnr_mouth": []}
     # Landmarks are tracked while the frames stream, so no frame is kept.
     rendered, truth = LandmarkTracker(), LandmarkTracker()
@@ -86,14 +89,13 @@ def evaluate(subject_dir: str | Path, json_path: str | Path | None = None, video
     with media.VideoWriter(tmp_video, (3 * res, res), ctx.subject.fps, crf=16, preset="veryfast",
                            pix_fmt="yuv420p") as out:
         for i in log.progress(ctx.test_indices, desc="eval", unit="frame"):
-            batch = ctx.batch(int(i))
-            image, _ = stage.render(batch)
-            image = image.clamp(0, 1)
-            masks = stage.masks(batch)
+            batch, rendered_frame = render_frame(model, ctx, int(i))
+            image = rendered_frame.image[0].clamp(0, 1)
+            head_mask = torch.isin(batch.labels, head_labels)[..., None].float()
             mouth = (batch.labels == schema.Label.MOUTH) | (batch.labels == schema.Label.LIPS)
             scores["psnr"].append(float(psnr(image, batch.image)))
             scores["ssim"].append(float(ssim(image, batch.image)))
-            scores["psnr_head"].append(float(psnr(image, batch.image, masks["head"])))
+            scores["psnr_head"].append(float(psnr(image, batch.image, head_mask)))
             if mouth.any():
                 scores["psnr_mouth"].append(float(psnr(image, batch.image, mouth[..., None].float())))
             if lpips_net is not None:
@@ -106,8 +108,8 @@ def evaluate(subject_dir: str | Path, json_path: str | Path | None = None, video
             rendered.add(r8)
             truth.add(g8)
             if moving:
-                base = stage.render(batch, motion=False)[0].clamp(0, 1)
-                still_scores["psnr_head"].append(float(psnr(base, batch.image, masks["head"])))
+                base = render_frame(model, ctx, int(i), motion=False)[1].image[0].clamp(0, 1)
+                still_scores["psnr_head"].append(float(psnr(base, batch.image, head_mask)))
                 if mouth.any():
                     still_scores["psnr_mouth"].append(float(psnr(base, batch.image, mouth[..., None].float())))
                 still.add(media.to_uint8(base))

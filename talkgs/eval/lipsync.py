@@ -37,7 +37,7 @@ from talkgs.utils import log, media
 BILABIALS: tuple[str, ...] = ("P", "B", "M")
 
 #: Sample rate of pocketsphinx's en-us acoustic model (and of ``energy_envelope`` here).
-SAMPLE_RATE = 16000
+SAMPLE_RATE = media.SAMPLE_RATE
 
 PhoneSegments = list[tuple[str, float, float]]
 """(phone, start_s, end_s) in time order; phones from ``talkgs.prepare.audio.PHONES``."""

@@ -315,6 +315,10 @@ def staged_file(path: str | os.PathLike) -> Iterator[Path]:
     tmp = path.parent / f".{path.name}.talkgs-tmp-{os.getpid()}-{os.urandom(4).hex()}"
     try:
         yield tmp
+        # Some writers (safetensors) create files readable by their owner only: give the usual umask mode.
+        umask = os.umask(0)
+        os.umask(umask)
+        os.chmod(tmp, 0o666 & ~umask)
         os.replace(tmp, path)
     except BaseException:
         tmp.unlink(missing_ok=True)

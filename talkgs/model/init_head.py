@@ -10,11 +10,28 @@ The optimisation moves and densifies them; the initial points only need to be ro
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import numpy as np
 
 from talkgs.data.schema import Label
 from talkgs.prepare import topology as topo
-from talkgs.train.config import InitConfig
+
+
+@dataclass
+class InitConfig:
+    face_points: int = 3000
+    """Points sampled on the tracked landmark mesh (face surface), coloured from the frames."""
+    hair_points: int = 3000
+    """Points where head-mask pixels outside the face (hair, ears, head top) meet a head ellipsoid."""
+    init_frames: int = 8
+    """Training frames, spread evenly, whose pixels colour and place the initial points."""
+    init_opacity: float = 0.1
+    """Opacity of every initial Gaussian (the usual 3DGS start)."""
+    scale_multiplier: float = 1.0
+    """Initial scale = this x the mean distance to the 3 nearest initial points."""
+    ellipsoid_margin: float = 1.15
+    """The head ellipsoid is the face's extent times this, so hair that stands off the skull fits."""
 
 
 def mesh_triangles() -> np.ndarray:

@@ -44,6 +44,36 @@ class HeadConfig:
     """The mouth Gaussians start this deep behind the lips (teeth and tongue sit just behind them)."""
 
 
+@dataclass
+class Deformation:
+    """B frames' Gaussians of both branches, as ``TalkingHead.deform`` moves them.
+
+    ``face`` and ``mouth`` hold the activated Gaussians (``GaussianModel.activated()``'s keys), every
+    entry with a leading [B]; frame b's entries are ready for ``talkgs.render.rasterize``.
+    """
+
+    face: dict[str, Tensor]  # means [B, N, 3], quats [B, N, 4], scales [B, N, 3], opacities [B, N], colors [B, N, K, 3]
+    mouth: dict[str, Tensor]  # the same keys, [B, M, ...]
+    face_deltas: MotionDeltas | None  # offsets [B, N, ...]; None: the face did not move
+    mouth_deltas: MotionDeltas | None  # d_means [B, M, 3]; None: the mouth did not move
+
+    @property
+    def num_frames(self) -> int:
+        return int(self.face["means"].shape[0])
+
+    def frames(self, start: int, stop: int) -> Deformation:
+        """Frames start..stop-1 of the batch (views, no copy)."""
+        cut = lambda d: {k: v[start:stop] for k, v in d.items()}  # noqa: E731
+        sub = lambda m: None if m is None else MotionDeltas(*(None if t is None else t[start:stop] for t in (  # noqa: E731
+            m.d_means, m.d_quats, m.d_scales)), m.attention_audio, m.attention_expr)
+        return Deformation(cut(self.face), cut(self.mouth), sub(self.face_deltas), sub(self.mouth_deltas))
+
+
+def _still(model: GaussianModel, batch: int) -> dict[str, Tensor]:
+    """The activated Gaussians of ``model`` repeated (as views) for ``batch`` frames."""
+    return {k: v.expand(batch, *v.shape) for k, v in model.activated().items()}
+
+
 class TalkingHead(nn.Module):
     """All trainable parts of a fitted subject.
 
@@ -95,13 +125,35 @@ class TalkingHead(nn.Module):
         return self.face_motion(self.face.params["means"].detach() if points is None else points, audio, expr)
 
     def mouth_deltas(self, features: Tensor, index: Tensor) -> MotionDeltas:
-        audio = self.audio_mouth(features, index)[0]
-        return self.mouth_motion(self.mouth.params["means"].detach(), audio)
+        """Mouth offsets (d_means [B, M, 3]) of frames ``index`` [B] of ``features`` [F, 2, D]."""
+        return self.mouth_motion(self.mouth.params["means"].detach(), self.audio_mouth(features, index))
 
-    def deformed(self, branch: str, deltas: MotionDeltas | None) -> dict[str, Tensor]:
-        """Activated Gaussians of ``branch`` ("face" or "mouth"), deformed by ``deltas`` when given."""
-        model = self.face if branch == "face" else self.mouth
-        return model.activated() if deltas is None else apply_deltas(model, deltas)
+    def deform(
+        self,
+        features: Tensor | None,  # [F, 2, D] audio features of the sequence (None: no motion at all)
+        index: Tensor,  # [B] frames of ``features``
+        expression: Tensor,  # [B, E] the frames' ``cfg.expression`` channels
+        face_motion: bool = True,
+        mouth_motion: bool = True,
+    ) -> Deformation:
+        """The face and mouth Gaussians of B frames: the audio- and expression-driven half of a frame.
+
+        It does not depend on the camera: a viewer keeps it while the camera moves. A branch whose
+        motion is off (or with ``features`` None) shows its canonical Gaussians, exactly as fitted.
+        """
+        if index.ndim != 1 or expression.ndim != 2 or expression.shape[0] != index.shape[0]:
+            raise ValueError(f"index must be [B] and expression [B, E], got {tuple(index.shape)} and "
+                             f"{tuple(expression.shape)}")
+        b = index.shape[0]
+        face_motion = face_motion and features is not None
+        mouth_motion = mouth_motion and features is not None
+        face_d = self.face_deltas(features, index, expression) if face_motion else None
+        mouth_d = self.mouth_deltas(features, index) if mouth_motion else None
+        return Deformation(
+            face=_still(self.face, b) if face_d is None else apply_deltas(self.face, face_d),
+            mouth=_still(self.mouth, b) if mouth_d is None else apply_deltas(self.mouth, mouth_d),
+            face_deltas=face_d, mouth_deltas=mouth_d,
+        )
 
     # -- flat tensors for checkpoints and saving -----------------------------------------------------
     def tensors(self) -> dict[str, Tensor]:

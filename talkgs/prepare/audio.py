@@ -34,6 +34,7 @@ import numpy as np
 
 from talkgs.errors import TalkgsError
 from talkgs.prepare.config import AudioConfig
+from talkgs.utils import media
 
 ENCODERS: tuple[str, ...] = ("mel", "phonemes", "hubert", "wav2vec2")
 
@@ -47,7 +48,7 @@ PHONES: tuple[str, ...] = (
 )
 _PHONE_INDEX = {p: i for i, p in enumerate(PHONES)}
 
-MODEL_SAMPLE_RATE = 16000
+MODEL_SAMPLE_RATE = media.SAMPLE_RATE
 """Sample rate of pocketsphinx's en-us model and of the HuBERT / wav2vec2 checkpoints."""
 
 MEL_WINDOW_S = 0.025
@@ -106,7 +107,7 @@ def encode_audio(
     num_frames: int,
     fps: float,
     cfg: AudioConfig,
-    sample_rate: int = 16000,
+    sample_rate: int = media.SAMPLE_RATE,
 ) -> np.ndarray:
     """Features of encoder ``name`` at the times of ``feature_times``: float32 [F, 2, D].
 
@@ -165,7 +166,7 @@ def encode_span(
     start_s: float,
     times: np.ndarray,
     cfg: AudioConfig,
-    sample_rate: int = 16000,
+    sample_rate: int = media.SAMPLE_RATE,
 ) -> np.ndarray:
     """Features [T, D] of encoder ``name`` at absolute ``times`` [T] (s), from a stretch of audio.
 
@@ -206,7 +207,7 @@ def feature_dim(name: str, cfg: AudioConfig) -> int:
     return int(getattr(config, ckpt.dim_field))
 
 
-def phone_segments(samples: np.ndarray, sample_rate: int = 16000) -> list[tuple[str, float, float]]:
+def phone_segments(samples: np.ndarray, sample_rate: int = media.SAMPLE_RATE) -> list[tuple[str, float, float]]:
     """Phones of ``samples`` (float32 mono [S]) by pocketsphinx all-phone decoding.
 
     Returns (phone, start_s, end_s) in time order, without overlap, within [0, S / sample_rate].

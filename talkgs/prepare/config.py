@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+from talkgs.utils.media import SAMPLE_RATE
+
 
 @dataclass
 class VideoConfig:
@@ -22,7 +24,7 @@ class VideoConfig:
     min_duration_s: float = 3.0
     """Shorter videos are refused: below about 3 s there are too few frames for a held-out split
     and for the audio-video offset estimate."""
-    sample_rate: int = 16000
+    sample_rate: int = SAMPLE_RATE
     """Sample rate of audio.wav, as every supported audio encoder expects."""
     detect_max_side: int = 1280
     """Frames are downscaled to at most this side for landmark detection; MediaPipe looks at the

@@ -1,11 +1,14 @@
-"""Rendering: differentiable Gaussian rasterization.
+"""Rendering: differentiable Gaussian rasterization and the talking head's one forward pass.
 
 ``rasterize`` renders 3D Gaussians into one camera with a pure-PyTorch backend (CPU or CUDA) or
 gsplat's CUDA kernels; both follow gsplat's classic conventions, documented in
-:mod:`talkgs.render.rasterizer`. Importing this package does not import gsplat.
+:mod:`talkgs.render.rasterizer`. ``render_frames`` (:mod:`talkgs.render.forward`) deforms, rasterizes
+and composites B frames of a talking head: training, evaluation, ``talkgs render`` and the viewer all
+draw through it. Importing this package does not import gsplat.
 """
 
-from talkgs.render.compositing import composite, torso_under
+from talkgs.render.compositing import composite
+from talkgs.render.forward import FrameOutput, draw, render_frames
 from talkgs.render.rasterizer import RenderOutput, has_gsplat_cuda, rasterize
 
-__all__ = ["RenderOutput", "composite", "has_gsplat_cuda", "rasterize", "torso_under"]
+__all__ = ["FrameOutput", "RenderOutput", "composite", "draw", "has_gsplat_cuda", "rasterize", "render_frames"]

@@ -9,20 +9,9 @@ while the jaw talks.
 
 from __future__ import annotations
 
-import torch
 from torch import Tensor
 
 from talkgs.render.rasterizer import RenderOutput
-
-
-def torso_under(
-    image: Tensor,  # [H, W, 3] a video frame in [0, 1]
-    labels: Tensor,  # [H, W] its label ids
-    background: Tensor,  # [H, W, 3]
-    torso_labels: Tensor,  # [K] the label ids kept from the frame (``schema.TORSO_LABELS``)
-) -> Tensor:  # [H, W, 3]
-    """What lies under the head: the frame's torso and neck pixels over ``background``."""
-    return torch.where(torch.isin(labels, torso_labels)[..., None], image, background)
 
 
 def _check_layer(name: str, layer: RenderOutput, under: Tensor) -> None:

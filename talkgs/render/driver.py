@@ -1,6 +1,7 @@
 """Drive a fitted head with any speech: audio -> features -> per-frame pose, blink and torso -> frames.
 
-``TalkingRenderer`` loads a fitted subject from its saved config and turns audio into frames, offline
+``TalkingRenderer`` loads a fitted model (``talkgs.model.fitted``: the one file ``talkgs fit`` writes)
+and turns audio into frames through the head's one forward pass (``talkgs.render.forward``), offline
 (``frames``) or as a stream (``stream``): audio chunks in, finished frames out. Both call the same
 per-frame code, so a stream gives the offline frames (exactly with the ``mel`` encoder; see
 ``AudioStream`` for the others).
@@ -24,12 +25,13 @@ import cv2
 import numpy as np
 import torch
 
-from talkgs.data import schema
-from talkgs.data.cache import open_cache
+from talkgs.data.frames import pick_device
 from talkgs.errors import TalkgsError
-from talkgs.model.motion import apply_deltas
-from talkgs.render.compositing import composite, torso_under
-from talkgs.render.rasterizer import RenderOutput, rasterize
+from talkgs.model.fitted import FittedModel, load_model
+from talkgs.model.talking_head import Deformation
+from talkgs.render.forward import draw
+from talkgs.utils import media
+from talkgs.utils.camera import scale_intrinsics
 
 POSE_MODES = ("replay", "static")
 BLINK_MODES = ("natural", "none", "auto")
@@ -125,17 +127,6 @@ def parse_background(spec: str, size: int, plate: np.ndarray) -> np.ndarray:
     return cv2.cvtColor(cv2.resize(image, (size, size), interpolation=cv2.INTER_AREA), cv2.COLOR_BGR2RGB)
 
 
-def longest_run(indices: np.ndarray, cuts) -> np.ndarray:
-    """The longest stretch of consecutive ``indices`` with no cut inside (a cut c lies between c-1 and c)."""
-    cut_set = {int(c) for c in cuts}
-    runs, start = [], 0
-    for k in range(1, len(indices) + 1):
-        if k == len(indices) or indices[k] != indices[k - 1] + 1 or int(indices[k]) in cut_set:
-            runs.append(indices[start:k])
-            start = k
-    return max(runs, key=len)
-
-
 def ping_pong(i: int, n: int) -> int:
     """Position in 0..n-1 of step i when walking forward and backward over n items."""
     if n == 1:
@@ -175,36 +166,39 @@ def load_poses(path: str | Path) -> np.ndarray:
 class Track:
     """Per-frame pose, torso source frame and expression for any output frame index (unbounded)."""
 
-    def __init__(self, subject, expression: np.ndarray, cfg: DriveConfig, channels: tuple[str, ...] | None = None):
-        """``expression``: [F, E] the subject's values of the head's expression channels, named by
-        ``channels`` (``HeadConfig.expression``; None: all are blink channels). Blink modes "none" and
-        "auto" act on the blink channels and hold the others at their median."""
+    def __init__(self, model: FittedModel, cfg: DriveConfig):
+        """Blink modes "none" and "auto" act on the blink channels of ``HeadConfig.expression`` and
+        hold the others at their median."""
         self.cfg = cfg
-        run = longest_run(subject.train_indices, subject.cuts)
-        w2c = subject.w2c
+        replay = model.replay
+        run = model.torso_frames  # the replay run: the frames whose torso the model keeps
+        w2c = replay.w2c
         if cfg.pose == "replay":
             self._poses, self._sources = w2c[run], run
         elif cfg.pose == "static":
             frame = int(run[len(run) // 2]) if cfg.static_frame is None else int(cfg.static_frame)
-            if not 0 <= frame < subject.num_frames:
-                raise TalkgsError(f"static frame {frame} is outside the subject's 0..{subject.num_frames - 1}")
-            self._poses, self._sources = w2c[frame:frame + 1], np.array([frame])
+            if not 0 <= frame < replay.num_frames:
+                raise TalkgsError(f"static frame {frame} is outside the subject's 0..{replay.num_frames - 1}")
+            self._poses = w2c[frame:frame + 1]
+            # A frame outside the replay run takes the torso of the run frame whose pose is closest.
+            self._sources = np.array([frame]) if frame in set(run.tolist()) else \
+                self._nearest_frames(self._poses, w2c[run], run)
         else:
             poses = load_poses(cfg.pose)
             self._poses = poses
             self._sources = self._nearest_frames(poses, w2c[run], run)
-        pivot = subject.template.mean(0)
+        pivot = replay.pivot
         r = _rotation(cfg.yaw, cfg.pitch)
         turn = np.eye(4)
         turn[:3, :3] = r
         turn[:3, 3] = pivot - r @ pivot  # rotate about the head centre, not the canonical origin
         self._turn = turn
-        self._expression = np.asarray(expression, np.float64)  # [F, E]
-        train = subject.train_indices
-        self._open = np.median(self._expression[train], axis=0) if len(train) else np.ones(expression.shape[1])
-        self._closed = np.percentile(self._expression[train], 1, axis=0) if len(train) else np.zeros_like(self._open)
+        self._expression = replay.expression  # [F, E]
+        self._open = replay.expression_open  # [E]
+        self._closed = replay.expression_closed  # [E]
+        channels = model.head.cfg.expression
         self._blink_mask = np.array([c.startswith("blink") for c in channels], np.float64) if channels else 1.0
-        self._fps = subject.fps
+        self._fps = model.fps
         self._blinks: list[float] = []  # synthetic blink start times (s), extended on demand
         self._rng = np.random.default_rng(cfg.seed)
 
@@ -247,42 +241,40 @@ class Track:
 
 
 class TalkingRenderer:
-    """A fitted subject ready to speak any audio, rebuilt from its saved config (``talkgs render``).
+    """A fitted model ready to speak any audio (``talkgs render``, the viewer, the streaming API).
 
     Args:
-        subject_dir: a fitted subject folder.
+        source: a fitted subject folder, a fitted model file (fit/model.safetensors, alone anywhere), or a
+            loaded ``FittedModel``.
         cfg: driving and drawing options.
         device: "cpu", "cuda" or None for the fit's own choice.
     """
 
-    def __init__(self, subject_dir: str | Path, cfg: DriveConfig | None = None, device: str | None = None):
-        from talkgs.eval.evaluate import load_fitted
-
-        self.cfg = cfg if cfg is not None else DriveConfig()
-        self.ctx, self.stage = load_fitted(subject_dir, device)
-        self.head = self.stage.head.eval()
-        self.subject = self.ctx.subject
-        self.fps = self.subject.fps
-        self.device = self.ctx.device
-        self.size = int(self.cfg.size or self.ctx.resolution)
-        self.track = Track(self.subject, self.ctx.expression.cpu().numpy(), self.cfg, self.ctx.cfg.head.expression)
-        self.cache = open_cache(self.subject, self.size)
-        self.K = self.ctx.K * (self.size / self.ctx.resolution)
-        self.K[2, 2] = 1.0
-        background = parse_background(self.cfg.background, self.size, self.subject.background)
-        self.background = torch.tensor(background, dtype=torch.float32, device=self.device) / 255.0  # [S, S, 3]
-        self._torso_labels = torch.tensor(schema.TORSO_LABELS, device=self.device)
-        self.encoders = tuple(self.ctx.cfg.head.audio_encoders)
+    def __init__(self, source: str | Path | FittedModel, cfg: DriveConfig | None = None, device: str | None = None):
         from talkgs.prepare.config import AudioConfig
         from talkgs.utils.config import from_dict
 
-        self.audio_cfg = from_dict(AudioConfig, self.subject.meta.get("config", {}).get("audio", {}))
-        audio = self.head.audio_face
+        self.cfg = cfg if cfg is not None else DriveConfig()
+        model = source if isinstance(source, FittedModel) else load_model(source)
+        self.model = model
+        self.device = pick_device(device or model.header["device"])
+        self.head = model.head.to(self.device).eval()
+        self.fps = model.fps
+        self.backend = model.backend
+        self.size = int(self.cfg.size or model.resolution)
+        self.track = Track(model, self.cfg)
+        #: [3, 3] intrinsics at ``size``
+        self.K = torch.tensor(scale_intrinsics(model.K, self.size / model.layer_size), dtype=torch.float32,
+                              device=self.device)
+        background = parse_background(self.cfg.background, self.size, model.background())
+        self.background = torch.tensor(background, dtype=torch.float32, device=self.device) / 255.0  # [S, S, 3]
+        self.encoders = model.encoders
+        self.audio_cfg = from_dict(AudioConfig, model.audio_settings)
         #: Frames of audio after frame i that frame i's embedding reads (0 for a causal audio net).
-        self.lookahead = audio.right_context
+        self.lookahead = self.head.audio_face.right_context
 
     # -- audio ---------------------------------------------------------------------------------------
-    def num_frames(self, samples: np.ndarray | int, sample_rate: int = 16000) -> int:
+    def num_frames(self, samples: np.ndarray | int, sample_rate: int = media.SAMPLE_RATE) -> int:
         """Frames for ``samples`` (or that many samples): the audio's duration at the subject's fps,
         rounded to whole frames."""
         count = samples if isinstance(samples, int) else len(samples)
@@ -306,75 +298,62 @@ class TalkingRenderer:
 
     @torch.no_grad()
     def render_batch(self, features: torch.Tensor, indices: np.ndarray, layers: Layers | None = None,
-                     viewmats: list[torch.Tensor] | None = None, size: int | None = None,
+                     viewmats: torch.Tensor | None = None, size: int | None = None,
                      feature_offset: int = 0) -> list[np.ndarray]:
         """Frames ``indices`` [B] (output frame numbers) as uint8 [S, S, 3].
 
         ``features`` [W, 2, D] hold the audio features of frames ``feature_offset`` .. + W - 1 (a
-        stream keeps only a window). The audio embeddings and deformations of the B frames are computed
-        in one batch; ``viewmats`` (B [4, 4] world-to-camera) replace the track's poses, e.g. for the
-        viewer's orbiting camera, and ``size`` the output side.
+        stream keeps only a window). The B frames go through the forward pass together; ``viewmats``
+        [B, 4, 4] (world-to-camera) replace the track's poses, e.g. for the viewer's orbiting camera,
+        and ``size`` the output side.
         """
-        layers = layers or Layers()
-        face_g, mouth_g = self.deform(features, indices, feature_offset)
-        out = []
-        for b, i in enumerate(indices):
-            w2c, source = self.track.pose(int(i))
-            viewmat = viewmats[b] if viewmats is not None else torch.tensor(w2c, dtype=torch.float32,
-                                                                            device=self.device)
-            image = self.draw({k: v[b] for k, v in face_g.items()}, {k: v[b] for k, v in mouth_g.items()},
-                              viewmat, source, layers, size or self.size)
-            out.append((image.clamp(0, 1) * 255).round().to(torch.uint8).cpu().numpy())
-        return out
+        return self.draw(self.deform(features, indices, feature_offset), indices, layers, viewmats, size)
 
     @torch.no_grad()
-    def deform(self, features: torch.Tensor, indices: np.ndarray, feature_offset: int = 0) -> tuple[dict, dict]:
-        """(face, mouth) activated Gaussians of output frames ``indices`` [B], each entry [B, N, ...].
+    def deform(self, features: torch.Tensor, indices: np.ndarray, feature_offset: int = 0) -> Deformation:
+        """Output frames ``indices`` [B]: ``TalkingHead.deform`` with the track's expression (blinks).
 
         The audio- and blink-driven half of a frame: it does not depend on the camera, so a viewer
         can keep it while the camera moves.
         """
-        head, dev = self.head, self.device
-        idx = torch.as_tensor(np.asarray(indices) - feature_offset, device=dev)
+        idx = torch.as_tensor(np.asarray(indices) - feature_offset, device=self.device)
         expr = torch.tensor(np.stack([self.track.expression(int(i)) for i in indices]), dtype=torch.float32,
-                            device=dev)  # [B, E]
-        face_d = head.face_deltas(features, idx, expr)
-        mouth_d = head.mouth_motion(head.mouth.params["means"], head.audio_mouth(features, idx))
-        return apply_deltas(head.face, face_d), apply_deltas(head.mouth, mouth_d)
+                            device=self.device)  # [B, E]
+        draws = self.model.draws
+        return self.head.deform(features, idx, expr, face_motion=draws["face_motion"],
+                                mouth_motion=draws["mouth_motion"])
 
-    def draw(self, face: dict, mouth: dict, viewmat: torch.Tensor, source: int, layers: Layers,
-             size: int) -> torch.Tensor:
-        """[S, S, 3] float image of one frame's (face, mouth) Gaussians (from ``deform``, one frame's
-        entries) seen through ``viewmat`` [4, 4], over the torso of training frame ``source``."""
-        under = self._under(source, layers, size)
-        black = RenderOutput(image=torch.zeros_like(under), alpha=torch.zeros_like(under[..., :1]),
-                             depth=torch.zeros_like(under[..., :1]), info={})
-        K = self.K * (size / self.size)
-        K[2, 2] = 1.0
-        face_out = self._raster(face, viewmat, K, size) if layers.face else black
-        mouth_out = self._raster(mouth, viewmat, K, size) if layers.mouth else None
-        return composite(face_out, mouth_out, under)
-
-    def _raster(self, g: dict, viewmat: torch.Tensor, K: torch.Tensor, size: int) -> RenderOutput:
-        return rasterize(g["means"], g["quats"], g["scales"], g["opacities"], g["colors"], viewmat, K, size, size,
-                         backend=self.ctx.cfg.backend)
+    @torch.no_grad()
+    def draw(self, deformation: Deformation, indices: np.ndarray, layers: Layers | None = None,
+             viewmats: torch.Tensor | None = None, size: int | None = None) -> list[np.ndarray]:
+        """uint8 [S, S, 3] frames of ``deformation`` (output frames ``indices`` [B]), through the track's
+        poses or ``viewmats`` [B, 4, 4], over the torso of the training frame each pose comes from."""
+        layers = layers or Layers()
+        size = size or self.size
+        poses = [self.track.pose(int(i)) for i in indices]
+        if viewmats is None:
+            viewmats = torch.tensor(np.stack([w2c for w2c, _ in poses]), dtype=torch.float32, device=self.device)
+        under = torch.stack([self._under(source, layers, size) for _, source in poses])  # [B, S, S, 3]
+        K = scale_intrinsics(self.K, size / self.size)
+        out = draw(deformation, viewmats, K, under, face=layers.face, mouth=layers.mouth and self.model.draws["mouth"],
+                   backend=self.backend)
+        return [media.to_uint8(image) for image in out.image]
 
     def _under(self, source: int, layers: Layers, size: int) -> torch.Tensor:
         """[S, S, 3] what lies under the head: the source frame's torso over the background."""
-        dev = self.device
         background = self.background if layers.background else torch.zeros_like(self.background)
         if size != self.size:
             background = torch.nn.functional.interpolate(background.permute(2, 0, 1)[None], (size, size),
                                                          mode="bilinear", align_corners=False)[0].permute(1, 2, 0)
         if not layers.torso:
             return background
-        frame = np.array(self.cache.frames[source])
-        labels = np.array(self.cache.labels[source])
-        if size != self.size:
-            frame = cv2.resize(frame, (size, size), interpolation=cv2.INTER_AREA)
-            labels = cv2.resize(labels, (size, size), interpolation=cv2.INTER_NEAREST)
-        image = torch.from_numpy(frame).to(dev).float() / 255.0
-        return torso_under(image, torch.from_numpy(labels).to(dev), background, self._torso_labels)
+        rgba = self.model.torso(source)  # premultiplied RGB, binary alpha, at the model's layer size
+        if rgba.shape[0] != size:
+            shrink = size < rgba.shape[0]
+            rgba = cv2.resize(rgba, (size, size), interpolation=cv2.INTER_AREA if shrink else cv2.INTER_LINEAR)
+        layer = torch.from_numpy(rgba).to(self.device).float() / 255.0
+        # Premultiplied over: exactly the frame's pixels where the alpha is 1, the background where 0.
+        return layer[..., :3] + (1 - layer[..., 3:]) * background
 
     # -- streaming -----------------------------------------------------------------------------------
     def stream(self, layers: Layers | None = None) -> AudioStream:
@@ -397,7 +376,7 @@ class AudioStream:
     """
 
     #: Sample rate of the audio fed to ``push`` (what ``media.read_audio`` gives).
-    SAMPLE_RATE = 16000
+    SAMPLE_RATE = media.SAMPLE_RATE
     #: Audio kept before the first feature frame still to be computed, and reached past the last one:
     #: context for the encoders (mel needs 12.5 ms, the phone decoder about a second).
     CONTEXT_S = {"mel": 0.05, "phonemes": 1.0}
@@ -506,8 +485,6 @@ SILENCE_RMS = 1e-3
 
 def read_speech(path: str | Path) -> np.ndarray:
     """Float32 16 kHz mono samples of any audio (or video with audio) ffmpeg reads, checked."""
-    from talkgs.utils import media
-
     path = Path(path)
     if not path.is_file():
         raise TalkgsError(f"audio file {path} does not exist")
@@ -521,22 +498,23 @@ def read_speech(path: str | Path) -> np.ndarray:
     return samples
 
 
-def render_speech(subject_dir: str | Path, audio_path: str | Path, out: str | Path, cfg: DriveConfig | None = None,
+def render_speech(source: str | Path, audio_path: str | Path, out: str | Path, cfg: DriveConfig | None = None,
                   device: str | None = None, force: bool = False) -> dict:
-    """Render ``subject_dir`` speaking ``audio_path`` to ``out`` (H.264 + AAC); returns a summary.
+    """Render ``source`` (a fitted subject folder or model file) speaking ``audio_path`` to ``out`` (H.264 +
+    AAC); returns a summary.
 
     The frame count is the audio's duration at the subject's fps (rounded to whole frames), and frame
     i shows the mouth for the audio of [i / fps, (i + 1) / fps), so the muxed audio is in sync from the
     first frame to the last. Frames stream to the encoder; an existing ``out`` is kept unless ``force``,
     and nothing is left behind if rendering fails.
     """
-    from talkgs.utils import log, media
+    from talkgs.utils import log
     from talkgs.utils.fs import check_output_file
 
     out = Path(out)
     check_output_file(out, force)
     samples = read_speech(audio_path)
-    renderer = TalkingRenderer(subject_dir, cfg, device)
+    renderer = TalkingRenderer(source, cfg, device)
     n = renderer.num_frames(samples)
     features = renderer.encode(samples, n)
     tmp = out.with_name(f".{out.name}.tmp.mp4")

@@ -9,23 +9,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+from talkgs.model.init_head import InitConfig
 from talkgs.model.talking_head import HeadConfig
-
-
-@dataclass
-class InitConfig:
-    face_points: int = 3000
-    """Points sampled on the tracked landmark mesh (face surface), coloured from the frames."""
-    hair_points: int = 3000
-    """Points where head-mask pixels outside the face (hair, ears, head top) meet a head ellipsoid."""
-    init_frames: int = 8
-    """Training frames, spread evenly, whose pixels colour and place the initial points."""
-    init_opacity: float = 0.1
-    """Opacity of every initial Gaussian (the usual 3DGS start)."""
-    scale_multiplier: float = 1.0
-    """Initial scale = this x the mean distance to the 3 nearest initial points."""
-    ellipsoid_margin: float = 1.15
-    """The head ellipsoid is the face's extent times this, so hair that stands off the skull fits."""
 
 
 @dataclass
@@ -130,3 +115,10 @@ class FitConfig:
     """Steps between validation renders of held-out frames."""
     val_frames: int = 6
     """Held-out frames rendered for validation (evenly spaced over the test split)."""
+    replay_frames: int = 750
+    """Frames of the replay run (the longest cut-free stretch of training frames) whose torso layers the
+    fitted model keeps, for ``talkgs render --pose replay``: 30 s at 25 fps; a longer run keeps its middle.
+    Each costs a lossless PNG in fit/model.safetensors (about 10 kB at 128 px)."""
+    model_layer_size: int | None = None
+    """Side in pixels of the background plate and torso layers stored in the fitted model; None: the
+    training resolution. Larger keeps them sharp when rendering larger than the fit (``--size``)."""

@@ -10,14 +10,16 @@ from __future__ import annotations
 import numpy as np
 import torch
 
+from talkgs.data.frames import Batch
 from talkgs.data.schema import HEAD_LABELS, Label
 from talkgs.model.gaussians import GaussianModel
 from talkgs.model.losses import dssim, masked_l1, psnr
+from talkgs.model.motion import MotionDeltas
 from talkgs.model.talking_head import TalkingHead
 from talkgs.prepare import topology as topo
-from talkgs.render import RenderOutput, composite, rasterize
+from talkgs.render.forward import FrameOutput, render_frames
 from talkgs.train.config import StageConfig
-from talkgs.train.context import Batch, FitContext
+from talkgs.train.context import FitContext
 
 #: Landmarks of the landmark loss: what speech and blinks move (lips, jaw line, eyelids).
 LANDMARK_LOSS_IDS = list(dict.fromkeys(topo.LIPS_OUTER + topo.LIPS_INNER + topo.LOWER_JAW + topo.LEFT_EYE
@@ -44,6 +46,11 @@ class Stage:
     mouth = False
     mouth_motion = False
 
+    @classmethod
+    def draws(cls) -> dict[str, bool]:
+        """What a head fitted up to this stage draws (``FittedModel.draws``)."""
+        return {"mouth": cls.mouth, "face_motion": cls.face_motion, "mouth_motion": cls.mouth_motion}
+
     def __init__(self, ctx: FitContext, cfg: StageConfig, head: TalkingHead):
         self.ctx = ctx
         self.cfg = cfg
@@ -52,7 +59,7 @@ class Stage:
         #: [B] more training frames for this step's landmark loss, drawn by ``sample``.
         self.landmark_extra: torch.Tensor | None = None
         if self.face_motion or self.mouth_motion:
-            ctx.require_audio(self.name)
+            ctx.require_audio(f"stage {self.name}")
 
     # -- what is trained ------------------------------------------------------------------------------
     def gaussians(self) -> GaussianModel | None:
@@ -84,8 +91,9 @@ class Stage:
             "mouth": mouth[..., None].float(),
         }
 
-    def render(self, batch: Batch, sh_degree: int | None = None, training: bool = False, motion: bool = True):
-        """(composite [R, R, 3], {branch: RenderOutput}) of one frame; the offsets go to ``self.last_deltas``.
+    def render(self, batch: Batch, sh_degree: int | None = None, training: bool = False,
+               motion: bool = True) -> FrameOutput:
+        """One frame through the head's forward pass (``talkgs.render.render_frames``), B = 1.
 
         ``training``: the picture the loss sees, without the layers the stage leaves out while training
         (``face_layer``); otherwise every layer, as evaluation and validation show it.
@@ -95,57 +103,41 @@ class Stage:
         """
         ctx, head = self.ctx, self.head
         trained = self.gaussians()
-        bands = lambda model: sh_degree if model is trained else None  # noqa: E731
+        degrees = {name: sh_degree for name, model in (("face", head.face), ("mouth", head.mouth)) if model is trained}
         index = torch.tensor([batch.index], device=ctx.device)
-        deltas = []
-        face_motion, mouth_motion = self.face_motion and motion, self.mouth_motion and motion
-        face_d = head.face_deltas(ctx.features, index, ctx.expression[batch.index]) if face_motion else None
-        if self.face_layer or not training:
-            face = self._raster(head.deformed("face", face_d), batch, bands(head.face))
-        else:
-            clear = torch.zeros_like(batch.under[..., :1])
-            face = RenderOutput(image=torch.zeros_like(batch.under), alpha=clear, depth=clear)
-        mouth_out = None
-        if self.mouth:
-            mouth_d = head.mouth_deltas(ctx.features, index) if mouth_motion else None
-            mouth_out = self._raster(head.deformed("mouth", mouth_d), batch, bands(head.mouth))
-            deltas.append(mouth_d)
-        deltas.append(face_d)
-        self.last_deltas = [d for d in deltas if d is not None]
-        self.last_face_deltas = face_d
-        return composite(face, mouth_out, batch.under), {"face": face, "mouth": mouth_out}
+        return render_frames(
+            head, ctx.features, index, ctx.expression[index], batch.viewmat[None], batch.K, batch.under[None],
+            face=self.face_layer or not training, mouth=self.mouth, face_motion=self.face_motion and motion,
+            mouth_motion=self.mouth_motion and motion, sh_degree=degrees, backend=ctx.cfg.backend)
 
-    def _raster(self, g: dict[str, torch.Tensor], batch: Batch, sh_degree: int | None):
-        res = self.ctx.resolution
-        return rasterize(g["means"], g["quats"], g["scales"], g["opacities"], g["colors"], batch.viewmat, batch.K,
-                         res, res, backend=self.ctx.cfg.backend, sh_degree=sh_degree)
-
-    def loss(self, batch: Batch, image: torch.Tensor, outs) -> tuple[torch.Tensor, dict[str, float]]:
-        out = outs[self.primary]
+    def loss(self, batch: Batch, out: FrameOutput) -> tuple[torch.Tensor, dict[str, float]]:
+        """The stage's loss on the B = 1 ``render`` of ``batch``, and the figures to log."""
+        image = out.image[0]
+        layer = (out.face if self.primary == "face" else out.mouth)[0]
         m = self.masks(batch)
         w = self.cfg.loss
         # Pixels outside the colour mask take the ground truth in the prediction, so SSIM ignores them too.
         pred = torch.where(m["colour"] > 0, image, batch.image)
         l1 = masked_l1(pred, batch.image, m["colour"])
         d = dssim(pred, batch.image, w.ssim_window)
-        a = masked_l1(out.alpha, m["alpha_target"], m["alpha_weight"])
-        loss = w.l1 * l1 + w.dssim * d + w.alpha * a + w.offsets * self._offsets()
+        a = masked_l1(layer.alpha, m["alpha_target"], m["alpha_weight"])
+        loss = w.l1 * l1 + w.dssim * d + w.alpha * a + w.offsets * self._offsets(out)
         logs = {"l1": l1.item(), "dssim": d.item(), "alpha": a.item()}
         if self.face_motion and w.landmarks > 0 and bool(self.ctx.landmarks_found[batch.index]):
-            lm = self._landmark_loss(batch)
+            lm = self._landmark_loss(batch, out.face_deltas)
             loss = loss + w.landmarks * lm
             logs["landmarks_px"] = lm.item()
         with torch.no_grad():
             logs["psnr_head"] = psnr(image, batch.image, m["head"]).item()
         return loss, logs
 
-    def _landmark_loss(self, batch: Batch) -> torch.Tensor:
+    def _landmark_loss(self, batch: Batch, face_deltas: MotionDeltas) -> torch.Tensor:
         """Mean pixel distance between the tracked landmarks and the template landmarks moved by the
         offsets of the face Gaussians around them (``LossConfig.landmarks``), over the rendered frame
         and the ``landmark_extra`` frames."""
         ctx = self.ctx
         idx, weight = self._anchors()  # [M, k]
-        offsets = [self.last_face_deltas.d_means[idx][None]]  # [1, M, k, 3]
+        offsets = [face_deltas.d_means[:, idx]]  # [1, M, k, 3]
         frames = torch.tensor([batch.index], device=ctx.device)
         extra = self.landmark_extra
         if extra is not None and len(extra):
@@ -174,8 +166,9 @@ class Stage:
             self._anchor_cache = (idx, w / w.sum(1, keepdim=True))
         return self._anchor_cache
 
-    def _offsets(self) -> torch.Tensor:
-        terms = [t.abs().mean() for d in self.last_deltas for t in (d.d_means, d.d_quats, d.d_scales) if t is not None]
+    def _offsets(self, out: FrameOutput) -> torch.Tensor:
+        deltas = [d for d in (out.mouth_deltas, out.face_deltas) if d is not None]
+        terms = [t.abs().mean() for d in deltas for t in (d.d_means, d.d_quats, d.d_scales) if t is not None]
         return torch.stack(terms).sum() if terms else torch.zeros((), device=self.ctx.device)
 
 

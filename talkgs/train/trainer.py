@@ -13,15 +13,18 @@ import math
 import time
 from pathlib import Path
 
+import cv2
 import numpy as np
 import torch
-from safetensors.torch import save_file
 
 import talkgs
 from talkgs.data import schema
+from talkgs.data.cache import open_cache
+from talkgs.data.frames import SubjectFrames, expression_track
 from talkgs.data.schema import Label
-from talkgs.data.subject import Subject
+from talkgs.data.subject import Subject, torso_layer
 from talkgs.errors import TalkgsError
+from talkgs.model.fitted import FittedModel, Replay, encode_layer, header_for, longest_run
 from talkgs.model.gaussians import GaussianModel
 from talkgs.model.init_head import initial_points, mouth_points
 from talkgs.model.losses import psnr, ssim
@@ -32,6 +35,7 @@ from talkgs.train.context import FitContext
 from talkgs.train.stages import STAGES
 from talkgs.train.strategy import make_strategy
 from talkgs.utils import log, media
+from talkgs.utils.camera import scale_intrinsics
 from talkgs.utils.config import from_dict, load_yaml, save_yaml, to_dict
 
 
@@ -51,6 +55,30 @@ def _optimizers(model: GaussianModel | None, networks: list[torch.nn.Module], cf
     return out
 
 
+def fitted_model(subject: Subject, cfg: FitConfig, frames: SubjectFrames, head: TalkingHead) -> FittedModel:
+    """The one-file fitted model of ``head`` (``talkgs.model.fitted``), with its replay data and layers
+    taken from ``subject`` (``frames``: the subject at the fit's resolution)."""
+    size = cfg.model_layer_size or cfg.resolution
+    cache = frames.cache if size == frames.resolution else open_cache(subject, size)
+    run = longest_run(subject.train_indices, subject.cuts)
+    if len(run) > cfg.replay_frames:  # the middle of a long run
+        start = (len(run) - cfg.replay_frames) // 2
+        run = run[start:start + cfg.replay_frames]
+    torso = {int(i): encode_layer(torso_layer(np.array(cache.frames[i]), np.array(cache.labels[i]))) for i in run}
+    plate = cv2.resize(subject.background, (size, size), interpolation=cv2.INTER_AREA)
+    expression = expression_track(subject, tuple(cfg.head.expression)).astype(np.float32).astype(np.float64)
+    train = subject.train_indices
+    replay = Replay(w2c=subject.w2c, expression=expression, train=train, cuts=subject.cuts,
+                    pivot=subject.template.mean(0), expression_open=np.median(expression[train], axis=0),
+                    expression_closed=np.percentile(expression[train], 1, axis=0))
+    audio_dim = frames.features.shape[-1] if frames.features is not None else 1
+    header = header_for(head, audio_dim=audio_dim, fps=subject.fps, resolution=cfg.resolution, layer_size=size,
+                        K=scale_intrinsics(subject.K, size / subject.size),
+                        audio=subject.meta.get("config", {}).get("audio", {}), backend=cfg.backend, device=cfg.device,
+                        source=subject.root.resolve().name, draws=STAGES[cfg.stages[-1].name].draws())
+    return FittedModel(head, header, replay, encode_layer(plate), torso)
+
+
 class Trainer:
     def __init__(self, subject_dir: str | Path, cfg: FitConfig, resume: bool = False, force: bool = False):
         self.subject = Subject(subject_dir)
@@ -66,7 +94,7 @@ class Trainer:
             if to_dict(saved) != to_dict(cfg):
                 raise TalkgsError("the config differs from the interrupted run's; resume without --config and "
                                   "overrides, or start again with --force")
-        elif (ckpt.exists() or (self.root / schema.GAUSSIANS).exists()) and not force:
+        elif (ckpt.exists() or (self.root / schema.MODEL).exists()) and not force:
             raise TalkgsError(f"{self.root} is already fitted or a fit was interrupted; pass --resume to continue "
                               "it or --force to start again")
         fit.mkdir(exist_ok=True)
@@ -99,10 +127,11 @@ class Trainer:
             resume_state = ckpt if (ckpt is not None and k == first_stage and first_step > 0) else None
             report["stages"][stage_cfg.name] = self._run_stage(k, stage_cfg, head, gen, report,
                                                                first_step if resume_state else 0, resume_state)
-        head.face.save(self.root / schema.GAUSSIANS)
-        save_file(head.tensors(), str(self.root / schema.TALKING_HEAD))
+        model = fitted_model(self.subject, cfg, ctx, head)
+        model.save(self.root / schema.MODEL)
         report.update({"talkgs_version": talkgs.__version__, "device": str(ctx.device), "resolution": cfg.resolution,
-                       "gaussians": head.face.num_gaussians, "mouth_gaussians": head.mouth.num_gaussians})
+                       "gaussians": head.face.num_gaussians, "mouth_gaussians": head.mouth.num_gaussians,
+                       "model_mb": round((self.root / schema.MODEL).stat().st_size / 2**20, 2)})
         (self.root / schema.FIT_REPORT).write_text(json.dumps(report, indent=1))
         return report
 
@@ -180,10 +209,9 @@ class Trainer:
                     for group in optimizers["means"].param_groups:
                         group["lr"] = means_lr0 * gamma**step
                 batch = ctx.batch(stage.sample(step, gen))
-                composite, outs = stage.render(batch, sh_degree=min(step // cfg.sh_degree_every, sh_max),
-                                             training=True)
-                loss, logs = stage.loss(batch, composite, outs)
-                info = outs[stage.primary].info
+                out = stage.render(batch, sh_degree=min(step // cfg.sh_degree_every, sh_max), training=True)
+                loss, logs = stage.loss(batch, out)
+                info = (out.face if stage.primary == "face" else out.mouth)[0].info
                 if strategy:
                     strategy.step_pre_backward(model.params, gauss_opts, state, step, info)
                 loss.backward()
@@ -218,14 +246,12 @@ class Trainer:
     # -- validation --------------------------------------------------------------------------------
     @torch.no_grad()
     def _validate(self, stage, name: str, step: int) -> None:
-        import cv2
-
         ctx = self.ctx
         picks = ctx.test_indices[np.linspace(0, len(ctx.test_indices) - 1, self.cfg.val_frames).round().astype(int)]
         rows, scores = [], []
         for i in picks:
             batch = ctx.batch(int(i))
-            composite, _ = stage.render(batch)
+            composite = stage.render(batch).image[0]
             scores.append(float(psnr(composite, batch.image, stage.masks(batch)["head"])))
             err = ((composite - batch.image).abs() * 4).clamp(0, 1)
             rows.append(torch.cat([batch.image, composite.clamp(0, 1), err], 1))
@@ -243,7 +269,7 @@ class Trainer:
         head, mouth, full, sim = [], [], [], []
         for i in ctx.test_indices:
             batch = ctx.batch(int(i))
-            composite, _ = stage.render(batch)
+            composite = stage.render(batch).image[0]
             head.append(float(psnr(composite, batch.image, stage.masks(batch)["head"])))
             lips = ((batch.labels == Label.MOUTH) | (batch.labels == Label.LIPS))[..., None].float()
             if lips.sum() > 0:

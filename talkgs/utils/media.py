@@ -23,6 +23,11 @@ from talkgs.errors import TalkgsError
 logging.getLogger("imageio_ffmpeg").setLevel(logging.ERROR)
 
 
+#: Sample rate of every audio talkgs stores and encodes: the subject's audio.wav, the audio encoders
+#: (pocketsphinx's en-us model, HuBERT and wav2vec2 are all 16 kHz) and the speech ``talkgs render`` reads.
+SAMPLE_RATE = 16000
+
+
 def to_uint8(image) -> np.ndarray:
     """A float image tensor in [0, 1] (any device; [H, W, 3] or [H, W]) as a uint8 numpy frame, clamped
     and rounded."""
@@ -135,7 +140,7 @@ def _read(path, size, pix_fmt: str, fps: float | None, filters: str, start_frame
         gen.close()
 
 
-def read_audio(path: str | os.PathLike, sample_rate: int = 16000) -> np.ndarray | None:
+def read_audio(path: str | os.PathLike, sample_rate: int = SAMPLE_RATE) -> np.ndarray | None:
     """Decode the first audio stream to float32 mono [S] at ``sample_rate``; None if there is none.
 
     ``aresample=async=1:first_pts=0`` pads silence before an audio stream that starts after the

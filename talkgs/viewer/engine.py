@@ -1,6 +1,6 @@
 """What the viewer's server renders: clips of audio and the frame of a clip at an audio time.
 
-``ViewerEngine`` is the server without HTTP: it loads the fitted subject once, holds the audio clips
+``ViewerEngine`` is the server without HTTP: it loads the fitted model once, holds the audio clips
 (the subject's own held-out audio and uploads) and renders ``FrameRequest``s to JPEG. The HTTP
 handler (``server.py``) and the benchmark (``tools/bench_viewer.py``) both call ``render``.
 """
@@ -20,11 +20,13 @@ from pathlib import Path
 import numpy as np
 
 from talkgs.errors import TalkgsError
+from talkgs.utils import media
+from talkgs.utils.camera import scale_intrinsics
 from talkgs.viewer.camera import Orbit, orbit_viewmat, project
 from talkgs.viewer.config import BLINK_MODES, ViewerConfig
 
 #: Sample rate of every clip (what the audio encoders and ``read_speech`` use).
-SAMPLE_RATE = 16000
+SAMPLE_RATE = media.SAMPLE_RATE
 #: Id of the subject's own held-out audio.
 OWN_CLIP = "own"
 LAYER_NAMES = ("face", "mouth", "torso", "background")
@@ -132,80 +134,79 @@ class FairLock:
             self._cond.notify_all()
 
 
-def pick_size(cfg: ViewerConfig, device: str, fit_resolution: int, subject_size: int) -> int:
-    """Full viewer resolution: ``cfg.size``, else the fit's resolution on CPU and the frame size on a GPU."""
+def pick_size(cfg: ViewerConfig, device: str, fit_resolution: int, layer_size: int) -> int:
+    """Full viewer resolution: ``cfg.size``, else the fit's resolution on CPU and the size of the
+    model's stored layers on a GPU."""
     if cfg.size is not None:
         return cfg.size
-    return subject_size if device == "cuda" else fit_resolution
+    return layer_size if device == "cuda" else fit_resolution
 
 
 class ViewerEngine:
-    """A fitted subject, its clips and the frame renderer behind the viewer's HTTP server.
+    """A fitted model, its clips and the frame renderer behind the viewer's HTTP server.
 
     Args:
-        subject_dir: a fitted subject folder (a subject that is not fitted raises TalkgsError).
+        source: a fitted subject folder (its held-out audio becomes a clip) or a fitted model file;
+            anything else raises TalkgsError.
         cfg: the viewer's options.
     """
 
-    def __init__(self, subject_dir: str | Path, cfg: ViewerConfig | None = None):
+    def __init__(self, source: str | Path, cfg: ViewerConfig | None = None):
         import torch
 
-        from talkgs.data.subject import Subject
+        from talkgs.data.frames import pick_device
+        from talkgs.model.fitted import load_model
         from talkgs.render.driver import DriveConfig, TalkingRenderer
-        from talkgs.train.context import pick_device
 
         self.cfg = cfg or ViewerConfig()
         device = pick_device(self.cfg.device).type
-        subject = Subject(subject_dir)  # a clear error for a folder that is not a subject at all
-        fit_resolution = self._fit_resolution(subject)
-        size = pick_size(self.cfg, device, fit_resolution, subject.size)
-        # DriveConfig.size sets the torso/background cache resolution: the full viewer size, so
-        # lower scales are downsampled from it rather than upsampled from the fit's resolution.
-        self.renderer = TalkingRenderer(subject_dir, DriveConfig(blink=self.cfg.blink, size=size), device)
+        model = load_model(source)  # a clear error for anything that is not a fitted subject or model
+        size = pick_size(self.cfg, device, model.resolution, model.layer_size)
+        # DriveConfig.size sets the torso/background resolution: the full viewer size, so lower
+        # scales are downsampled from it.
+        self.renderer = TalkingRenderer(model, DriveConfig(blink=self.cfg.blink, size=size), device)
         self.size = self.renderer.size
         self.fps = self.renderer.fps
         self.device = str(self.renderer.device)
-        self.subject_name = Path(subject_dir).resolve().name
+        source = Path(source)
+        self.subject_name = source.resolve().name if source.is_dir() else model.header.get("source", source.stem)
         self._torch = torch
         self._lock = FairLock()  # one render at a time: the GPU/CPU is shared, and Track is stateful
         self._upload_lock = threading.Lock()  # one audio decode/encode at a time: bounds CPU and memory
         self._clips_lock = threading.Lock()
         self._tracks = {self.cfg.blink: self.renderer.track}
-        self._deform_cache: OrderedDict[tuple, tuple[dict, dict]] = OrderedDict()
-        self._pivot = self.renderer.subject.template.mean(0)  # head centre, canonical space
+        self._deform_cache: OrderedDict[tuple, object] = OrderedDict()
+        self._pivot = model.replay.pivot  # head centre, canonical space
         head = self.renderer.head
         self._centres = {name: getattr(head, name).params["means"].detach().cpu().numpy().astype(np.float64)
                          for name in CENTRE_COLOURS}  # [N, 3] canonical (undeformed) centres
         self.clips: OrderedDict[str, Clip] = OrderedDict()
         self._counter = 0
-        own = self._own_clip()
+        own = self._own_clip(source) if source.is_dir() else None
         if own is not None:
             self.clips[own.id] = own
 
-    @staticmethod
-    def _fit_resolution(subject) -> int:
-        from talkgs.data import schema
-        from talkgs.utils.config import load_yaml
-
-        path = subject.root / schema.FIT_CONFIG
-        if not path.is_file():
-            raise TalkgsError(f"{subject.root} is not fitted yet; run talkgs fit {subject.root} first")
-        return int(load_yaml(path).get("resolution", 128))
-
     # -- clips ---------------------------------------------------------------------------------------
-    def _own_clip(self) -> Clip | None:
-        """The subject's held-out audio with its precomputed features (None without audio)."""
+    def _own_clip(self, subject_dir: Path) -> Clip | None:
+        """The subject's held-out audio with its precomputed features, when the model sits in its
+        subject folder and the subject has audio (None otherwise)."""
+        import torch
+
+        from talkgs.data.subject import Subject
+
+        subject = Subject(subject_dir)
         r = self.renderer
-        if r.ctx.features is None or not r.subject.meta["audio"].get("file"):
+        if not subject.meta["audio"].get("file") or not set(r.encoders) <= set(subject.audio_encoders):
             return None
-        frames = r.subject.test_indices
+        frames = subject.test_indices
         if len(frames) == 0:  # no held-out frames: all of the audio
-            frames = np.arange(r.subject.num_frames)
+            frames = np.arange(subject.num_frames)
         a, b = int(frames[0]), int(frames[-1]) + 1
-        samples, sr = r.subject.audio()
+        samples, sr = subject.audio()
         samples = samples[round(a / self.fps * sr):round(b / self.fps * sr)]
+        feats = np.concatenate([np.asarray(subject.audio_features(e)[a:b], np.float32) for e in r.encoders], -1)
         return Clip(OWN_CLIP, f"{self.subject_name}: held-out audio (frames {a}-{b - 1})",
-                    np.asarray(samples, np.float32), r.ctx.features[a:b], wav_bytes(samples, sr))
+                    np.asarray(samples, np.float32), torch.tensor(feats, device=r.device), wav_bytes(samples, sr))
 
     def add_clip(self, name: str, samples: np.ndarray) -> Clip:
         """A new clip of float32 16 kHz mono ``samples``; its features are computed here."""
@@ -274,13 +275,12 @@ class ViewerEngine:
             from talkgs.render.driver import Track
 
             r = self.renderer
-            track = Track(r.subject, r.ctx.expression.cpu().numpy(), dataclasses.replace(r.cfg, blink=blink),
-                          r.ctx.cfg.head.expression)
+            track = Track(r.model, dataclasses.replace(r.cfg, blink=blink))
             self._tracks[blink] = track
         return track
 
-    def _deformed(self, clip: Clip, index: int, blink: str) -> tuple[dict, dict]:
-        """(face, mouth) activated Gaussians of ``clip``'s frame ``index``, cached (render lock held).
+    def _deformed(self, clip: Clip, index: int, blink: str):
+        """The ``Deformation`` of ``clip``'s frame ``index`` (B = 1), cached (render lock held).
 
         The audio- and blink-driven deformation does not depend on the camera, and on a CPU it costs
         about as much as rasterizing: a paused tab whose camera is dragged reuses it, so only the
@@ -291,7 +291,7 @@ class ViewerEngine:
         if hit is not None:
             self._deform_cache.move_to_end(key)
             return hit
-        hit = tuple({k: v[0] for k, v in g.items()} for g in self.renderer.deform(clip.features, [index]))
+        hit = self.renderer.deform(clip.features, [index])
         self._deform_cache[key] = hit
         while len(self._deform_cache) > DEFORM_CACHE:
             self._deform_cache.popitem(last=False)
@@ -310,12 +310,10 @@ class ViewerEngine:
         with self._lock, torch.no_grad():
             t1 = time.perf_counter()
             r.track = self._track(req.blink)
-            w2c, source = r.track.pose(index)
+            w2c = r.track.pose(index)[0]
             viewmat = orbit_viewmat(w2c, self._pivot, req.orbit)
             view = torch.tensor(viewmat, dtype=torch.float32, device=r.device)
-            face, mouth = self._deformed(clip, index, req.blink)
-            image = r.draw(face, mouth, view, source, layers, size)
-            image = (image.clamp(0, 1) * 255).round().to(torch.uint8).cpu().numpy()
+            image = r.draw(self._deformed(clip, index, req.blink), [index], layers, view[None], size)[0]
             t2 = time.perf_counter()
         if req.centres:
             image = self.draw_centres(image, viewmat, req.layers)
@@ -343,8 +341,7 @@ class ViewerEngine:
         k = max(1, math.ceil(CENTRES_MIN_SIZE / image.shape[0]))
         out = cv2.resize(image, None, fx=k, fy=k, interpolation=cv2.INTER_LINEAR) if k > 1 else image.copy()
         size = out.shape[0]
-        K = self.renderer.K.detach().cpu().numpy().astype(np.float64) * (size / self.size)
-        K[2, 2] = 1.0
+        K = scale_intrinsics(self.renderer.K.detach().cpu().numpy().astype(np.float64), size / self.size)
         # Mouth last: its few centres sit inside the face's and would be hidden under them.
         for name in ("face", "mouth"):
             if name not in layers:

@@ -1,0 +1,119 @@
+"""A subject's frames at one resolution, on one device: what fitting and evaluation read per frame.
+
+Frames and labels stream from the memory-mapped cache (``talkgs.data.cache``); the small per-frame
+arrays (poses, expression signals, audio features) are tensors on the device.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import cv2
+import numpy as np
+import torch
+
+from talkgs.data import schema
+from talkgs.data.cache import FrameCache, open_cache
+from talkgs.data.subject import Subject
+from talkgs.errors import TalkgsError
+from talkgs.utils.camera import scale_intrinsics
+
+
+def pick_device(name: str) -> torch.device:
+    """The torch device of a config's ``device`` value: "auto" (CUDA when available), "cpu" or "cuda"."""
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name == "cuda" and not torch.cuda.is_available():
+        raise TalkgsError("device 'cuda' was asked for, but PyTorch sees no CUDA GPU")
+    return torch.device(name)
+
+
+@dataclass
+class Batch:
+    """One frame of the subject, at the frames' resolution R."""
+
+    index: int
+    image: torch.Tensor  # [R, R, 3] ground truth in [0, 1]
+    labels: torch.Tensor  # [R, R] uint8 label ids
+    under: torch.Tensor  # [R, R, 3] what lies under the head: the frame's torso layer over the plate
+    viewmat: torch.Tensor  # [4, 4] head-to-camera
+    K: torch.Tensor  # [3, 3] at resolution R
+
+
+def torso_under(
+    image: torch.Tensor,  # [H, W, 3] a video frame in [0, 1]
+    labels: torch.Tensor,  # [H, W] its label ids
+    background: torch.Tensor,  # [H, W, 3]
+    torso_labels: torch.Tensor,  # [K] the label ids kept from the frame (``schema.TORSO_LABELS``)
+) -> torch.Tensor:  # [H, W, 3]
+    """What lies under the head: the frame's torso and neck pixels over ``background``."""
+    return torch.where(torch.isin(labels, torso_labels)[..., None], image, background)
+
+
+def expression_track(subject: Subject, channels: tuple[str, ...]) -> np.ndarray:
+    """[F, E] the subject's per-frame values of the expression ``channels`` (``schema.EXPRESSION_CHANNELS``)."""
+    unknown = [c for c in channels if c not in schema.EXPRESSION_CHANNELS]
+    if unknown:
+        raise TalkgsError(f"unknown expression channel(s) {', '.join(unknown)} (known: "
+                          f"{', '.join(schema.EXPRESSION_CHANNELS)})")
+    signals = subject.signals
+    if not channels:
+        return np.zeros((subject.num_frames, 0))
+    return np.stack([signals[c] for c in channels], axis=-1)
+
+
+class SubjectFrames:
+    """A subject at ``resolution`` px on ``device``: frames streamed from a memory-mapped cache.
+
+    Args:
+        subject: the prepared subject.
+        resolution: side of the frames in pixels (downscaled from the subject's own size).
+        device: where the tensors live.
+        encoders: audio encoders whose features are concatenated into ``features``.
+        expression: the expression channels of ``expression``.
+    """
+
+    def __init__(self, subject: Subject, resolution: int, device: torch.device, encoders: tuple[str, ...] = (),
+                 expression: tuple[str, ...] = ()):
+        self.subject = subject
+        self.device = device
+        self.resolution = resolution
+        self.cache: FrameCache = open_cache(subject, resolution)
+        K = scale_intrinsics(subject.K, resolution / subject.size)
+        self.K = torch.tensor(K, dtype=torch.float32, device=device)  # [3, 3]
+        self.w2c = torch.tensor(subject.w2c, dtype=torch.float32, device=device)  # [F, 4, 4]
+        plate = cv2.resize(subject.background, (resolution, resolution), interpolation=cv2.INTER_AREA)
+        self.background = torch.tensor(plate, dtype=torch.float32, device=device) / 255.0  # [R, R, 3]
+        self._torso_labels = torch.tensor(schema.TORSO_LABELS, device=device)
+        self.train_indices = subject.train_indices
+        self.test_indices = subject.test_indices
+        expr = expression_track(subject, tuple(expression))
+        self.expression = torch.tensor(expr, dtype=torch.float32, device=device)  # [F, E]
+        self.features = self._audio_features(tuple(encoders))  # [F, 2, D] or None
+
+    def _audio_features(self, encoders: tuple[str, ...]) -> torch.Tensor | None:
+        """The subject's features of ``encoders``, concatenated per step; None if it has no audio."""
+        have = set(self.subject.audio_encoders)
+        if not have:
+            return None
+        missing = [e for e in encoders if e not in have]
+        if missing:
+            raise TalkgsError(f"{self.subject.root} has no {', '.join(missing)} audio features (it has "
+                              f"{', '.join(sorted(have))}); prepare it with --audio-encoder {','.join(encoders)}")
+        if not encoders:
+            return None
+        feats = [np.asarray(self.subject.audio_features(e), np.float32) for e in encoders]
+        return torch.tensor(np.concatenate(feats, axis=-1), device=self.device)
+
+    def require_audio(self, what: str) -> torch.Tensor:
+        """The features; a clear error naming ``what`` needs them when the subject has no audio."""
+        if self.features is None:
+            raise TalkgsError(f"{what} needs audio, and {self.subject.root} has none (its video had no audio track)")
+        return self.features
+
+    def batch(self, index: int) -> Batch:
+        frame = torch.from_numpy(np.array(self.cache.frames[index])).to(self.device)
+        labels = torch.from_numpy(np.array(self.cache.labels[index])).to(self.device)
+        image = frame.float() / 255.0
+        under = torso_under(image, labels, self.background, self._torso_labels)
+        return Batch(index, image, labels, under, self.w2c[index], self.K)
