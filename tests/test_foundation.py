@@ -11,7 +11,7 @@ import pytest
 from talkgs.errors import TalkgsError
 from talkgs.prepare import topology as topo
 from talkgs.prepare.config import PrepareConfig
-from talkgs.utils.config import PRESET_DIR, from_dict, load_section, load_yaml, merge, to_dict
+from talkgs.utils.config import from_dict, load_section, load_yaml, merge, preset_dir, preset_names, to_dict
 from talkgs.utils.fs import StagingDir, check_destination
 
 
@@ -37,13 +37,13 @@ def test_cli_help():
         assert flag in out.stdout
 
 
-@pytest.mark.parametrize("preset", sorted(p.stem for p in PRESET_DIR.glob("*.yaml")))
+@pytest.mark.parametrize("preset", preset_names())
 def test_presets_load(preset):
     cfg = load_section(PrepareConfig, preset, "prepare")
     assert isinstance(cfg, PrepareConfig)
     # Round trip: the saved form of a config rebuilds the same config.
     assert from_dict(PrepareConfig, to_dict(cfg)) == cfg
-    assert set(load_yaml(PRESET_DIR / f"{preset}.yaml")) <= {"prepare", "fit", "render", "eval", "view"}
+    assert set(load_yaml(preset_dir() / f"{preset}.yaml")) <= {"prepare", "fit", "render", "eval", "view"}
 
 
 def test_config_errors_are_one_line():

@@ -12,7 +12,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     )
     p.add_argument("source", metavar="SUBJECT_DIR|VIDEO", help="a prepared subject folder, or a video to prepare first")
     p.add_argument("-o", "--output", metavar="SUBJECT_DIR", help="subject folder to prepare into (with a VIDEO)")
-    p.add_argument("--config", metavar="PRESET", help="preset name in configs/ (cpu, quality, tiny) or a YAML file")
+    p.add_argument("--config", metavar="PRESET", help="preset name (cpu, quality, tiny) or a YAML file")
     p.add_argument("--stage", action="append", metavar="NAME",
                    help="run only these stages of the config (repeat or comma-separate), e.g. static")
     p.add_argument("--iterations", type=int, metavar="N", help="override the iterations of every stage run")

@@ -24,7 +24,7 @@ def register(sub: argparse._SubParsersAction) -> None:
                    help="upscale a head crop smaller than --size instead of keeping its own size")
     p.add_argument("--preview", action="store_true",
                    help="also write preview/overlay.mp4 and preview/contact_sheet.png")
-    p.add_argument("--config", metavar="PRESET", help="preset name in configs/ (cpu, quality, tiny) or a YAML file")
+    p.add_argument("--config", metavar="PRESET", help="preset name (cpu, quality, tiny) or a YAML file")
     p.add_argument("--force", action="store_true",
                    help="write into an existing subject folder, replacing talkgs' own files only")
     p.set_defaults(run=run)

@@ -1,8 +1,9 @@
 """Typed dataclass configs read from and written to YAML.
 
-Dataclass defaults are the source of truth; a preset in configs/ or a saved run config only lists
-the fields it changes. Unknown keys and values of the wrong type are refused with one readable line,
-so a typo in a preset never silently falls back to a default.
+Dataclass defaults are the source of truth; a preset (talkgs/configs/*.yaml, package data read with
+importlib.resources, or $TALKGS_CONFIGS/*.yaml) or a saved run config only lists the fields it
+changes. Unknown keys and values of the wrong type are refused with one readable line, so a typo in
+a preset never silently falls back to a default.
 
 Lists of named dataclasses (a field typed ``list[X]`` where ``X`` is a dataclass with a ``name`` field,
 such as ``FitConfig.stages``) merge by name, so changing one field of one stage keeps everything else:
@@ -22,6 +23,7 @@ A saved run config lists every field of every item, so it rebuilds the same conf
 from __future__ import annotations
 
 import dataclasses
+import importlib.resources
 import os
 import types
 import typing
@@ -32,8 +34,20 @@ from talkgs.errors import TalkgsError
 
 T = TypeVar("T")
 
-#: Where named presets live: the repository's configs/ folder, or $TALKGS_CONFIGS.
-PRESET_DIR = Path(os.environ.get("TALKGS_CONFIGS", Path(__file__).resolve().parents[2] / "configs"))
+
+def preset_dir() -> Any:  # a Path or an importlib.resources Traversable
+    """Where named presets live: $TALKGS_CONFIGS, else the package's own talkgs/configs/ (package data,
+    so an installed wheel has them too)."""
+    env = os.environ.get("TALKGS_CONFIGS")
+    return Path(env) if env else importlib.resources.files("talkgs") / "configs"
+
+
+def preset_names() -> list[str]:
+    """The named presets (``cpu``, ``quality``, ``tiny``), sorted."""
+    d = preset_dir()
+    if not d.is_dir():
+        return []
+    return sorted(p.name[: -len(".yaml")] for p in d.iterdir() if p.name.endswith(".yaml") and p.is_file())
 
 
 def to_dict(cfg: Any) -> dict:
@@ -171,10 +185,12 @@ def _merge_named(item_cls: type, current: list | None, value: Any, where: str) -
     return out
 
 
-def load_yaml(path: str | os.PathLike) -> dict:
+def load_yaml(path: str | os.PathLike | Any) -> dict:
+    """The mapping in a YAML file (a path, or a Traversable such as a packaged preset)."""
     import yaml
 
-    path = Path(path)
+    if isinstance(path, (str, os.PathLike)):
+        path = Path(path)
     try:
         data = yaml.safe_load(path.read_text())
     except FileNotFoundError:
@@ -194,18 +210,20 @@ def save_yaml(data: dict, path: str | os.PathLike) -> None:
     Path(path).write_text(yaml.safe_dump(data, sort_keys=False))
 
 
-def resolve_preset(name_or_path: str) -> Path:
-    """A preset name (``cpu``, ``tiny``, ``quality``) or a path to a YAML file."""
+def resolve_preset(name_or_path: str) -> Any:
+    """A preset name (``cpu``, ``tiny``, ``quality``) or a path to a YAML file: a Path, or for a packaged
+    preset an importlib.resources Traversable (both have ``read_text``; ``load_yaml`` takes either)."""
     p = Path(name_or_path)
     if p.suffix in (".yaml", ".yml") or p.exists():
         if not p.is_file():
             raise TalkgsError(f"config file not found: {p}")
         return p
-    candidate = PRESET_DIR / f"{name_or_path}.yaml"
+    candidate = preset_dir() / f"{name_or_path}.yaml"
     if not candidate.is_file():
-        known = sorted(q.stem for q in PRESET_DIR.glob("*.yaml")) if PRESET_DIR.is_dir() else []
+        known = preset_names()
+        where = f" in $TALKGS_CONFIGS={os.environ['TALKGS_CONFIGS']}" if os.environ.get("TALKGS_CONFIGS") else ""
         raise TalkgsError(
-            f"unknown config preset {name_or_path!r}" + (f" (known: {', '.join(known)})" if known else "")
+            f"unknown config preset {name_or_path!r}{where}" + (f" (known: {', '.join(known)})" if known else "")
         )
     return candidate
 
