@@ -15,6 +15,7 @@ from talkgs.data import schema
 from talkgs.errors import TalkgsError
 from talkgs.model import GaussianModel, export_ply, load_ply
 from talkgs.model.gaussians import SH_C0, nearest_neighbour_distances
+from talkgs.render import rasterize
 
 SPACING = 0.02
 
@@ -427,9 +428,6 @@ def test_export_cli_errors(tmp_path, capsys):
 
 # -- rendering -------------------------------------------------------------------------------------------
 def test_ply_round_trip_renders_the_same_image(tmp_path):
-    # talkgs.render is written alongside this module; skip rather than fail where it is absent.
-    render = pytest.importorskip("talkgs.render", reason="talkgs.render is not available")
-
     g = torch.Generator().manual_seed(5)
     n = 200
     means = torch.randn(n, 3, generator=g) * 0.1 + torch.tensor([0.0, 0.0, 1.0])
@@ -446,8 +444,8 @@ def test_ply_round_trip_renders_the_same_image(tmp_path):
     def image(m: GaussianModel) -> torch.Tensor:  # [64, 64, 4] RGB and alpha
         a = m.activated()
         with torch.no_grad():
-            out = render.rasterize(a["means"], a["quats"], a["scales"], a["opacities"], a["colors"], viewmat, K,
-                                   64, 64, background=torch.tensor([0.2, 0.4, 0.6]), backend="torch")
+            out = rasterize(a["means"], a["quats"], a["scales"], a["opacities"], a["colors"], viewmat, K,
+                            64, 64, background=torch.tensor([0.2, 0.4, 0.6]), backend="torch")
         return torch.cat([out.image, out.alpha], dim=-1)
 
     original, reloaded = image(model), image(loaded)
