@@ -200,9 +200,11 @@ def test_landmark_metrics_on_real_frames(demo_subject):
     pts = track_landmarks(frames)
     same = landmark_metrics(pts, pts)
     assert same["lmd_px"] == 0 and same["mouth_open_corr"] == pytest.approx(1.0)
-    # A sequence against itself shifted in time: the mouth no longer agrees.
+    # A sequence against itself shifted in time (0.4 s): the mouth no longer agrees. The correlation is
+    # None only when either mouth does not move, which 50 frames of speech rule out.
     shifted = landmark_metrics(pts[10:], pts[:-10])
-    assert shifted["lmd_px"] > 1.0 and (shifted["mouth_open_corr"] or 0) < 0.9
+    assert shifted["lmd_px"] > 1.0
+    assert shifted["mouth_open_corr"] is not None and shifted["mouth_open_corr"] < 0.9
 
 
 def test_every_stage_runs_and_the_head_reloads(fitted):
@@ -224,13 +226,21 @@ def test_every_stage_runs_and_the_head_reloads(fitted):
 
 def test_incremental_sampling_moves_through_mouth_then_eyes(demo_subject, tmp_path):
     from talkgs.data import Subject
+    from talkgs.model.talking_head import TalkingHead
     from talkgs.train.context import FitContext
     from talkgs.train.stages import FaceStage
 
-    ctx = FitContext(Subject(demo_subject[0]), tiny_fit())
-    cfg = dataclasses.replace(tiny_fit().stages[2], iterations=1000, sample_window=0.2, incremental_fraction=0.6)
-    stage = FaceStage.__new__(FaceStage)  # the sampler needs no model
-    stage.ctx, stage.cfg = ctx, cfg
+    fit = tiny_fit(device="cpu")
+    ctx = FitContext(Subject(demo_subject[0]), fit)
+    cfg = dataclasses.replace(fit.stages[2], iterations=1000, sample_window=0.2, incremental_fraction=0.6)
+    assert cfg.name == "face" and cfg.sampler == "incremental"
+    # The sampler does not look at the Gaussians: a head of a few random ones, built as the trainer does.
+    g = torch.Generator().manual_seed(0)
+    face = GaussianModel.from_points(torch.randn(40, 3, generator=g) * 0.05, torch.rand(40, 3, generator=g),
+                                     sh_degree=fit.sh_degree)
+    mouth = GaussianModel.from_points(torch.randn(20, 3, generator=g) * 0.01, torch.rand(20, 3, generator=g),
+                                      sh_degree=fit.sh_degree)
+    stage = FaceStage(ctx, cfg, TalkingHead(face, mouth, ctx.features.shape[-1], fit.head))
     gen = torch.Generator().manual_seed(0)
     train = ctx.train_indices
     mouth_rank = {int(f): r for r, f in enumerate(train[np.argsort(ctx.mouth_open[train], kind="stable")])}
