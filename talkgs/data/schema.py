@@ -56,7 +56,7 @@ EXPRESSION_CHANNELS = ("blink_left", "blink_right", "mouth_open", "lip_spread", 
 
 # -- fitting outputs (talkgs fit), inside the subject folder ------------------------------------------
 FIT_DIR = "fit"
-FIT_CONFIG = "fit/config.yaml"  # the full FitConfig the run used; eval, render and view rebuild from it
+FIT_CONFIG = "fit/config.yaml"  # the full FitConfig the run used (--resume checks it)
 MODEL = "fit/model.safetensors"  # the fitted model: everything render, view and export need (model/fitted.py)
 CHECKPOINT = "fit/checkpoint.pt"  # resumable training state (torch.save, loadable with weights_only)
 FIT_REPORT = "fit/fit_report.json"

@@ -175,6 +175,7 @@ class Track:
         w2c = replay.w2c
         if cfg.pose == "replay":
             self._poses, self._sources = w2c[run], run
+            self._blink_frames = run
         elif cfg.pose == "static":
             frame = int(run[len(run) // 2]) if cfg.static_frame is None else int(cfg.static_frame)
             if not 0 <= frame < replay.num_frames:
@@ -183,10 +184,12 @@ class Track:
             # A frame outside the replay run takes the torso of the run frame whose pose is closest.
             self._sources = np.array([frame]) if frame in set(run.tolist()) else \
                 self._nearest_frames(self._poses, w2c[run], run)
+            self._blink_frames = np.array([frame])
         else:
             poses = load_poses(cfg.pose)
             self._poses = poses
             self._sources = self._nearest_frames(poses, w2c[run], run)
+            self._blink_frames = self._sources
         pivot = replay.pivot
         r = _rotation(cfg.yaw, cfg.pitch)
         turn = np.eye(4)
@@ -220,7 +223,7 @@ class Track:
         """[E] expression channels of output frame i for the blink mode."""
         mode = self.cfg.blink
         if mode == "natural":
-            return self._expression[self.pose(i)[1]]
+            return self._expression[self._blink_frames[ping_pong(i, len(self._poses))]]
         if mode == "none":
             return self._open
         return self._open + (self._closed - self._open) * self._blink_mask * self._blink_amount(i / self._fps)

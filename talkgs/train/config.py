@@ -1,8 +1,9 @@
 """Configuration of ``talkgs fit``: the run, the data, the initial Gaussians and each stage.
 
 A stage is a value (``StageConfig``) run by the one generic trainer; the order of stages is the order
-of ``FitConfig.stages``. A run saves its full config to SUBJECT_DIR/fit/config.yaml, and evaluation,
-rendering and the viewer rebuild everything from that file.
+of ``FitConfig.stages``. A run saves its full config to SUBJECT_DIR/fit/config.yaml (``--resume`` checks
+it), and ends by writing the fitted model (SUBJECT_DIR/fit/model.safetensors), a self-contained file that
+evaluation, rendering and the viewer rebuild everything from (``talkgs.model.fitted``).
 """
 
 from __future__ import annotations
