@@ -57,7 +57,9 @@ def _lpips_fn(device):
     try:
         import lpips  # noqa: F401
     except ImportError:
-        return None, "the lpips package is not installed"
+        # Naming the installed torch keeps pip from replacing a CPU build with a CUDA one for lpips.
+        return None, ("the lpips package is not installed; install it with "
+                      f"pip install 'talkgs[eval]' torch=={torch.__version__.split('+')[0]}")
     try:
         net = lpips.LPIPS(net="alex", verbose=False).to(device).eval()
     except Exception as e:  # weights missing: lpips tries to download them
