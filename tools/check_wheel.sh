@@ -50,7 +50,7 @@ fi
 
 step "talkgs fit $checkout/assets/obama2010_pd_en_20s_256.mp4 -o subj --config tiny"
 "$tmp/venv/bin/talkgs" --quiet fit "$checkout/assets/obama2010_pd_en_20s_256.mp4" -o subj --config tiny
-for f in subj/subject.json subj/fit/config.yaml subj/fit/fit_report.json; do
+for f in subj/subject.json subj/fit/config.yaml subj/fit/fit_report.json subj/fit/model.safetensors; do
     [ -s "$f" ] || { echo "check_wheel: FAIL: $f missing after the fit" >&2; exit 1; }
 done
 # The run's saved config is the tiny preset as the wheel resolves it.
@@ -60,4 +60,10 @@ from talkgs.utils.config import from_dict, load_section, load_yaml
 
 assert from_dict(FitConfig, load_yaml("subj/fit/config.yaml")) == load_section(FitConfig, "tiny", "fit")
 EOF
-step "OK: the wheel installs and prepares and fits with --config tiny"
+step "talkgs render of the fitted model file alone, copied out of the subject folder"
+mkdir alone
+cp subj/fit/model.safetensors alone/head.safetensors
+"$tmp/venv/bin/talkgs" --quiet render alone/head.safetensors --audio "$checkout/assets/obama2010_pd_en_20s_256.mp4" \
+    -o alone/talk.mp4
+[ -s alone/talk.mp4 ] || { echo "check_wheel: FAIL: no video rendered from the model file" >&2; exit 1; }
+step "OK: the wheel installs, prepares, fits with --config tiny and renders the fitted model file"
