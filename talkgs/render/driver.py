@@ -313,14 +313,17 @@ class TalkingRenderer:
         return self.draw(self.deform(features, indices, feature_offset), indices, layers, viewmats, size)
 
     @torch.no_grad()
-    def deform(self, features: torch.Tensor, indices: np.ndarray, feature_offset: int = 0) -> Deformation:
-        """Output frames ``indices`` [B]: ``TalkingHead.deform`` with the track's expression (blinks).
+    def deform(self, features: torch.Tensor, indices: np.ndarray, feature_offset: int = 0,
+               track: Track | None = None) -> Deformation:
+        """Output frames ``indices`` [B]: ``TalkingHead.deform`` with the expression (blinks) of ``track``
+        (default: the renderer's own, from ``cfg``).
 
         The audio- and blink-driven half of a frame: it does not depend on the camera, so a viewer
         can keep it while the camera moves.
         """
+        track = track or self.track
         idx = torch.as_tensor(np.asarray(indices) - feature_offset, device=self.device)
-        expr = torch.tensor(np.stack([self.track.expression(int(i)) for i in indices]), dtype=torch.float32,
+        expr = torch.tensor(np.stack([track.expression(int(i)) for i in indices]), dtype=torch.float32,
                             device=self.device)  # [B, E]
         draws = self.model.draws
         return self.head.deform(features, idx, expr, face_motion=draws["face_motion"],
@@ -328,12 +331,14 @@ class TalkingRenderer:
 
     @torch.no_grad()
     def draw(self, deformation: Deformation, indices: np.ndarray, layers: Layers | None = None,
-             viewmats: torch.Tensor | None = None, size: int | None = None) -> list[np.ndarray]:
-        """uint8 [S, S, 3] frames of ``deformation`` (output frames ``indices`` [B]), through the track's
-        poses or ``viewmats`` [B, 4, 4], over the torso of the training frame each pose comes from."""
+             viewmats: torch.Tensor | None = None, size: int | None = None,
+             track: Track | None = None) -> list[np.ndarray]:
+        """uint8 [S, S, 3] frames of ``deformation`` (output frames ``indices`` [B]), through the poses of
+        ``track`` (default: the renderer's own) or ``viewmats`` [B, 4, 4], over the torso of the training
+        frame each pose comes from."""
         layers = layers or Layers()
         size = size or self.size
-        poses = [self.track.pose(int(i)) for i in indices]
+        poses = [(track or self.track).pose(int(i)) for i in indices]
         if viewmats is None:
             viewmats = torch.tensor(np.stack([w2c for w2c, _ in poses]), dtype=torch.float32, device=self.device)
         under = torch.stack([self._under(source, layers, size) for _, source in poses])  # [B, S, S, 3]

@@ -267,7 +267,7 @@ class ViewerEngine:
         return max(16, int(round(self.size * scale / 2)) * 2)
 
     def _track(self, blink: str):
-        """The renderer's track for ``blink`` (built on first use; call with the render lock held)."""
+        """The track of blink mode ``blink`` (built on first use; call with the render lock held)."""
         track = self._tracks.get(blink)
         if track is None:
             import dataclasses
@@ -291,7 +291,7 @@ class ViewerEngine:
         if hit is not None:
             self._deform_cache.move_to_end(key)
             return hit
-        hit = self.renderer.deform(clip.features, [index])
+        hit = self.renderer.deform(clip.features, [index], track=self._track(blink))
         self._deform_cache[key] = hit
         while len(self._deform_cache) > DEFORM_CACHE:
             self._deform_cache.popitem(last=False)
@@ -309,11 +309,11 @@ class ViewerEngine:
         t0 = time.perf_counter()
         with self._lock, torch.no_grad():
             t1 = time.perf_counter()
-            r.track = self._track(req.blink)
-            w2c = r.track.pose(index)[0]
+            track = self._track(req.blink)
+            w2c = track.pose(index)[0]
             viewmat = orbit_viewmat(w2c, self._pivot, req.orbit)
             view = torch.tensor(viewmat, dtype=torch.float32, device=r.device)
-            image = r.draw(self._deformed(clip, index, req.blink), [index], layers, view[None], size)[0]
+            image = r.draw(self._deformed(clip, index, req.blink), [index], layers, view[None], size, track)[0]
             t2 = time.perf_counter()
         if req.centres:
             image = self.draw_centres(image, viewmat, req.layers)
