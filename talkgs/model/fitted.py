@@ -29,7 +29,7 @@ import numpy as np
 import torch
 
 from talkgs.errors import TalkgsError
-from talkgs.model.gaussians import staged_file
+from talkgs.model.gaussians import read_safetensors, staged_file
 from talkgs.model.talking_head import HeadConfig, TalkingHead
 from talkgs.utils.config import from_dict, to_dict
 
@@ -185,17 +185,8 @@ class FittedModel:
     @classmethod
     def load(cls, path: str | os.PathLike, device: str | torch.device = "cpu") -> FittedModel:
         """Read a model written by ``save``; one readable line (``TalkgsError``) for anything wrong."""
-        from safetensors import SafetensorError, safe_open
-
         path = Path(path)
-        if not path.is_file():
-            raise TalkgsError(f"fitted model {path} does not exist")
-        try:
-            with safe_open(str(path), framework="pt") as f:
-                metadata = f.metadata() or {}
-                tensors = {name: f.get_tensor(name) for name in f.keys()}
-        except (SafetensorError, OSError) as e:
-            raise TalkgsError(f"{path} is damaged or not a safetensors file ({str(e).splitlines()[0]})") from None
+        metadata, tensors = read_safetensors(path, "fitted model")
         if metadata.get("format") != MODEL_FORMAT:
             raise TalkgsError(f"{path} is not a fitted talkgs model (format {metadata.get('format')!r})")
         try:

@@ -244,17 +244,8 @@ class GaussianModel(torch.nn.Module):
     @classmethod
     def load(cls, path: str | os.PathLike, device: str | torch.device | None = None) -> GaussianModel:
         """Read a file written by ``save``; ``device`` defaults to the CPU."""
-        from safetensors import SafetensorError, safe_open
-
         path = Path(path)
-        if not path.is_file():
-            raise TalkgsError(f"{path} does not exist")
-        try:
-            with safe_open(str(path), framework="pt") as f:
-                metadata = f.metadata() or {}
-                tensors = {name: f.get_tensor(name) for name in f.keys()}
-        except (SafetensorError, OSError) as e:
-            raise TalkgsError(f"{path} is damaged or not a safetensors file ({e})") from None
+        metadata, tensors = read_safetensors(path)
         if metadata.get("format") != FILE_FORMAT:
             raise TalkgsError(f"{path} is not a talkgs Gaussians file (format {metadata.get('format')!r})")
         try:
@@ -275,6 +266,21 @@ class GaussianModel(torch.nn.Module):
                               f"{metadata.get('sh_degree')!r}")
         device = torch.device(device) if device is not None else torch.device("cpu")
         return cls(**{name: t.to(device) for name, t in tensors.items()})
+
+
+def read_safetensors(path: str | os.PathLike, what: str = "") -> tuple[dict[str, str], dict[str, Tensor]]:
+    """(metadata, tensors on the CPU) of a safetensors file; one readable line (TalkgsError) when the
+    file is missing or is not a safetensors file. ``what`` names it in the first case ("fitted model")."""
+    from safetensors import SafetensorError, safe_open
+
+    path = Path(path)
+    if not path.is_file():
+        raise TalkgsError(f"{what + ' ' if what else ''}{path} does not exist")
+    try:
+        with safe_open(str(path), framework="pt") as f:
+            return f.metadata() or {}, {name: f.get_tensor(name) for name in f.keys()}
+    except (SafetensorError, OSError) as e:
+        raise TalkgsError(f"{path} is damaged or not a safetensors file ({str(e).splitlines()[0]})") from None
 
 
 def check_params(tensors: dict[str, Tensor]) -> int:
