@@ -136,3 +136,18 @@ def test_bad_model_files_get_one_line(fitted, speech, tmp_path, capsys):
     # --split needs the subject's own frames: a model file alone is refused in one line.
     code = main(["render", str(fitted[0] / schema.MODEL), "--split", "test", "-o", str(tmp_path / "y.mp4")])
     assert code == 2 and "not a subject folder" in capsys.readouterr().err
+
+
+def test_a_fit_without_its_model_file_is_finished_by_resume(fitted, speech, tmp_path, capsys):
+    """A subject whose fit has a final checkpoint but no model file (interrupted while writing it, or
+    fitted by an older talkgs) says how to finish it, and --resume writes the same model."""
+    root = tmp_path / "subject"
+    shutil.copytree(fitted[0], root, ignore=shutil.ignore_patterns("preview", "cache"))
+    (root / schema.MODEL).unlink()
+    capsys.readouterr()
+    assert main(["render", str(root), "--audio", str(speech), "-o", str(tmp_path / "x.mp4")]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "--resume" in err[0]
+    assert main(["--quiet", "fit", str(root), "--config", "tiny", "--resume"]) == 0
+    again, original = load_model(root).head.tensors(), load_model(fitted[0]).head.tensors()
+    assert all(torch.equal(again[k], original[k]) for k in original)

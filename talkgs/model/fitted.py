@@ -223,6 +223,9 @@ def load_model(source: str | os.PathLike, device: str | torch.device = "cpu") ->
     if source.is_dir():
         path = source / schema.MODEL
         if not path.is_file():
+            if (source / schema.CHECKPOINT).is_file():
+                raise TalkgsError(f"{source} has no {schema.MODEL} (an interrupted fit, or one by an older talkgs); "
+                                  f"talkgs fit {source} --resume (with the fit's --config) finishes it")
             if (source / schema.MANIFEST).is_file():
                 raise TalkgsError(f"{source} is not fitted yet (no {schema.MODEL}); run talkgs fit {source} first")
             raise TalkgsError(f"{source} is neither a fitted subject folder nor a fitted model file")
