@@ -21,7 +21,7 @@ import sys
 import cv2
 import numpy as np
 
-from talkgs.data import Subject
+from talkgs.data import Subject, schema
 from talkgs.prepare import topology as topo
 from talkgs.prepare.config import TrackingConfig
 from talkgs.prepare.flow import klt
@@ -48,7 +48,7 @@ def evaluate(root: str) -> None:
     pts = s.landmarks
     n = len(pts)
     fb = TrackingConfig().flow_fb_max_px
-    report = json.loads((s.root / "prepare_report.json").read_text())
+    report = json.loads((s.root / schema.REPORT).read_text())
     source_width = report["source"]["width"] * s.size / report["crop"][2]  # in output pixels
     gray = [cv2.cvtColor(f, cv2.COLOR_RGB2GRAY) for f in s.frames()]
     rigid, check = list(topo.RIGID), list(topo.MOTION_CHECK)
