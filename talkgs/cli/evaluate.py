@@ -4,6 +4,10 @@ With --audio, measure lip sync of any video against speech instead, with no grou
 SyncNet weights: the share of p/b/m phones during which the mouth closes, the audio-video offset
 and the mouth-opening/speech-energy correlation. Run it on real footage with its own audio for the
 ceiling a render can reach.
+
+With --drive-ref, drive the fitted subject with the soundtrack of another person's real talking video
+and compare the two mouths as MediaPipe sees them: aperture correlation at the best lag within 5
+frames, that lag, and closure-event recall and precision, each beside its chance level.
 """
 
 from __future__ import annotations
@@ -17,7 +21,8 @@ def register(sub: argparse._SubParsersAction) -> None:
                        epilog="Examples:\n"
                               "  talkgs eval my_subject --json results.json\n"
                               "  talkgs eval --audio speech.wav --video rendered.mp4\n"
-                              "  talkgs eval --audio real.mp4 --video real.mp4   # the ceiling, on real footage")
+                              "  talkgs eval --audio real.mp4 --video real.mp4   # the ceiling, on real footage\n"
+                              "  talkgs eval my_subject --drive-ref other_person.mp4   # against a real mouth")
     p.add_argument("subject", metavar="SUBJECT_DIR", nargs="?",
                    help="fitted subject (optional with --audio, where it only gives the frame rate)")
     p.add_argument("--json", metavar="PATH",
@@ -28,6 +33,9 @@ def register(sub: argparse._SubParsersAction) -> None:
                         "SUBJECT_DIR/eval_side_by_side.mp4); with --audio, the video to measure")
     p.add_argument("--audio", metavar="SPEECH",
                    help="measure lip sync of --video against this speech (any file with an audio stream)")
+    p.add_argument("--drive-ref", metavar="VIDEO",
+                   help="drive SUBJECT_DIR (or a model file) with this real talking video's soundtrack and compare "
+                        "the rendered mouth with the video's (report: <subject>/eval_drive_<video stem>.json)")
     p.add_argument("--device", choices=("auto", "cpu", "cuda"), help="rendering device (default: the fit's)")
     p.set_defaults(run=run)
 
@@ -39,12 +47,40 @@ def run(args: argparse.Namespace) -> int:
 
     if args.audio is not None:
         return _run_lipsync(args)
+    if args.drive_ref is not None:
+        return _run_drive_ref(args)
     if args.subject is None:
         raise TalkgsError("give SUBJECT_DIR to evaluate a fit, or --audio SPEECH --video VIDEO to measure lip sync")
     from talkgs.eval.evaluate import evaluate
 
     report = evaluate(args.subject, args.json, args.video, args.device)
     print(json.dumps({k: v for k, v in report.items() if k != "video"}, indent=1))
+    return 0
+
+
+def _run_drive_ref(args: argparse.Namespace) -> int:
+    import json
+    from pathlib import Path
+
+    from talkgs.data import schema
+    from talkgs.errors import TalkgsError
+    from talkgs.eval.drive_ref import evaluate_drive_ref
+    from talkgs.utils import log
+
+    if args.subject is None:
+        raise TalkgsError("--drive-ref needs SUBJECT_DIR (or a fitted model file) to drive")
+    source, video = Path(args.subject), Path(args.drive_ref)
+    if not video.is_file():
+        raise TalkgsError(f"reference video {video} does not exist")
+    folder = source if source.is_dir() else source.parent
+    out = Path(args.json) if args.json else folder / schema.drive_report(video.stem)
+    if not out.parent.is_dir():
+        raise TalkgsError(f"cannot write {out}: folder {out.parent} does not exist")
+    report = evaluate_drive_ref(source, video, args.device)
+    text = json.dumps(report, indent=1)
+    out.write_text(text + "\n")
+    print(text)
+    log.info(f"wrote {out}")
     return 0
 
 

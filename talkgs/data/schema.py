@@ -64,3 +64,8 @@ VAL_DIR = "fit/val"  # validation renders of held-out frames, PNG
 CACHE_DIR = "fit/cache"  # frames and labels at one resolution, memory-mapped (data/cache.py)
 EVAL_REPORT = "eval_report.json"  # talkgs eval: held-out metrics
 EVAL_VIDEO = "eval_side_by_side.mp4"  # talkgs eval: truth | render | error, with the held-out audio
+
+
+def drive_report(video_stem: str) -> str:
+    """talkgs eval --drive-ref: the report of the head driven by the real video ``video_stem``."""
+    return f"eval_drive_{video_stem}.json"
