@@ -61,13 +61,6 @@ class Deformation:
     def num_frames(self) -> int:
         return int(self.face["means"].shape[0])
 
-    def frames(self, start: int, stop: int) -> Deformation:
-        """Frames start..stop-1 of the batch (views, no copy)."""
-        cut = lambda d: {k: v[start:stop] for k, v in d.items()}  # noqa: E731
-        sub = lambda m: None if m is None else MotionDeltas(*(None if t is None else t[start:stop] for t in (  # noqa: E731
-            m.d_means, m.d_quats, m.d_scales)), m.attention_audio, m.attention_expr)
-        return Deformation(cut(self.face), cut(self.mouth), sub(self.face_deltas), sub(self.mouth_deltas))
-
 
 def _still(model: GaussianModel, batch: int) -> dict[str, Tensor]:
     """The activated Gaussians of ``model`` repeated (as views) for ``batch`` frames."""

@@ -14,7 +14,7 @@ everywhere:
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import torch
 from torch import Tensor
@@ -23,8 +23,6 @@ from talkgs.model.motion import MotionDeltas
 from talkgs.model.talking_head import Deformation, TalkingHead
 from talkgs.render.compositing import composite
 from talkgs.render.rasterizer import RenderOutput, rasterize
-
-BRANCHES = ("face", "mouth")
 
 
 @dataclass
@@ -35,7 +33,6 @@ class FrameOutput:
     face: list[RenderOutput]  # B face layers (image [H, W, 3] premultiplied, alpha, depth, info)
     mouth: list[RenderOutput] | None  # B mouth layers; None when the mouth branch is not drawn
     deformation: Deformation
-    info: dict = field(default_factory=dict)
 
     @property
     def face_deltas(self) -> MotionDeltas | None:  # offsets [B, N, ...]

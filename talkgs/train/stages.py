@@ -113,7 +113,7 @@ class Stage:
     def loss(self, batch: Batch, out: FrameOutput) -> tuple[torch.Tensor, dict[str, float]]:
         """The stage's loss on the B = 1 ``render`` of ``batch``, and the figures to log."""
         image = out.image[0]
-        layer = (out.face if self.primary == "face" else out.mouth)[0]
+        layer = self.primary_layer(out)
         m = self.masks(batch)
         w = self.cfg.loss
         # Pixels outside the colour mask take the ground truth in the prediction, so SSIM ignores them too.
@@ -130,6 +130,10 @@ class Stage:
         with torch.no_grad():
             logs["psnr_head"] = psnr(image, batch.image, m["head"]).item()
         return loss, logs
+
+    def primary_layer(self, out: FrameOutput):
+        """The ``RenderOutput`` of the ``primary`` branch in a B = 1 render (alpha loss, densification)."""
+        return (out.face if self.primary == "face" else out.mouth)[0]
 
     def _landmark_loss(self, batch: Batch, face_deltas: MotionDeltas) -> torch.Tensor:
         """Mean pixel distance between the tracked landmarks and the template landmarks moved by the

@@ -211,7 +211,7 @@ class Trainer:
                 batch = ctx.batch(stage.sample(step, gen))
                 out = stage.render(batch, sh_degree=min(step // cfg.sh_degree_every, sh_max), training=True)
                 loss, logs = stage.loss(batch, out)
-                info = (out.face if stage.primary == "face" else out.mouth)[0].info
+                info = stage.primary_layer(out).info
                 if strategy:
                     strategy.step_pre_backward(model.params, gauss_opts, state, step, info)
                 loss.backward()
