@@ -62,7 +62,7 @@ def test_feature_times_are_quarter_frames():
 
 def test_unknown_encoder_and_bad_input():
     cfg = AudioConfig()
-    with pytest.raises(TalkgsError, match=r"unknown audio encoder 'x' \(choose from mel, phonemes, hubert"):
+    with pytest.raises(TalkgsError, match=r"unknown audio encoder 'x' \(choose from mel, phonemes, visemes, hubert"):
         audio.encode_audio("x", silence(1.0), 25, FPS, cfg)
     with pytest.raises(TalkgsError, match="unknown audio encoder"):
         audio.feature_dim("mfcc", cfg)

@@ -20,6 +20,7 @@ from talkgs.cli.main import main
 from talkgs.errors import TalkgsError
 from talkgs.eval import lipsync
 from talkgs.eval.lipsync import LipSyncConfig, bilabial_closures, closure_threshold, lipsync_metrics
+from talkgs.prepare import audio
 from talkgs.utils import media
 
 DEMO_FPS = 30
@@ -105,7 +106,7 @@ def test_forced_alignment_finds_bilabials():
 
 def test_falls_back_to_allphone(monkeypatch):
     samples = media.read_audio(shared_file("audio/obama_pd_en_33s.wav"), 16000)[: 4 * 16000]  # [S] 4 s
-    monkeypatch.setattr(lipsync, "_forced_alignment", lambda samples: [])
+    monkeypatch.setattr(audio, "_forced_alignment", lambda samples: [])
     segments, source = lipsync.align_phones(samples)
     assert source == "allphone"
     assert sum(p != "SIL" for p, _, _ in segments) > 20

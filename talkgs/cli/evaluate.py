@@ -36,6 +36,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--drive-ref", metavar="VIDEO",
                    help="drive SUBJECT_DIR (or a model file) with this real talking video's soundtrack and compare "
                         "the rendered mouth with the video's (report: <subject>/eval_drive_<video stem>.json)")
+    p.add_argument("--ref-drive", choices=("audio", "video"), default="audio",
+                   help="with --drive-ref: drive with the video's soundtrack (default) or with its tracked mouth "
+                        "(code-path models, as talkgs render --drive)")
     p.add_argument("--device", choices=("auto", "cpu", "cuda"), help="rendering device (default: the fit's)")
     p.set_defaults(run=run)
 
@@ -73,13 +76,13 @@ def _run_drive_ref(args: argparse.Namespace) -> int:
     if not video.is_file():
         raise TalkgsError(f"reference video {video} does not exist")
     folder = source if source.is_dir() else source.parent
-    out = Path(args.json) if args.json else folder / schema.drive_report(video.stem)
+    stem = video.stem if args.ref_drive == "audio" else f"{video.stem}_mouth"
+    out = Path(args.json) if args.json else folder / schema.drive_report(stem)
     if not out.parent.is_dir():
         raise TalkgsError(f"cannot write {out}: folder {out.parent} does not exist")
-    report = evaluate_drive_ref(source, video, args.device)
-    text = json.dumps(report, indent=1)
-    out.write_text(text + "\n")
-    print(text)
+    report = evaluate_drive_ref(source, video, args.device, drive=args.ref_drive)
+    out.write_text(json.dumps(report, indent=1) + "\n")
+    print(json.dumps({k: v for k, v in report.items() if not k.endswith("_opening")}, indent=1))
     log.info(f"wrote {out}")
     return 0
 

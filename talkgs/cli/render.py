@@ -15,6 +15,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("-o", "--output", required=True, metavar="OUT.mp4")
     src = p.add_mutually_exclusive_group()
     src.add_argument("--audio", metavar="SPEECH", help="any audio ffmpeg reads; the video lasts as long as it")
+    src.add_argument("--drive", metavar="VIDEO",
+                     help="another person's talking video: its tracked mouth moves the head and its soundtrack is "
+                          "muxed (a model fitted with head.drive: code)")
     src.add_argument("--split", choices=("test", "train"),
                      help="render these frames of the subject with their own audio, poses and torso (frame i of "
                           "the output is frame start+i of frames.mp4); the default without --audio is test")
@@ -37,13 +40,14 @@ def register(sub: argparse._SubParsersAction) -> None:
 def run(args: argparse.Namespace) -> int:
     from talkgs.utils import log
 
-    if args.audio is None:
+    if args.audio is None and args.drive is None:
         return _render_split(args)
     from talkgs.render.driver import DriveConfig, render_speech
 
     cfg = DriveConfig(pose=args.pose, static_frame=args.static_frame, yaw=args.yaw, pitch=args.pitch,
                       blink=args.blink, background=args.background, size=args.size)
-    summary = render_speech(args.subject, args.audio, args.output, cfg, args.device, args.force)
+    summary = render_speech(args.subject, args.audio or args.drive, args.output, cfg, args.device, args.force,
+                            drive_video=args.drive is not None)
     log.info(f"wrote {summary['output']}: {summary['frames']} frames at {summary['fps']:g} fps "
              f"({summary['duration_s']:.2f} s; audio {summary['audio_s']:.2f} s), {summary['size']} px")
     return 0

@@ -113,6 +113,15 @@ class Subject:
             return z["points"]
 
     @cached_property
+    def canonical_landmarks(self) -> np.ndarray:
+        """[F, 478, 3] the landmarks in canonical head space (head pose removed), metres."""
+        with np.load(self.root / schema.LANDMARKS) as z:
+            if "canonical" not in z.files:
+                raise TalkgsError(f"{self.root} was prepared by an older talkgs without canonical landmarks; "
+                                  f"run talkgs prepare on its video again")
+            return z["canonical"]
+
+    @cached_property
     def landmarks_found(self) -> np.ndarray:
         """[F] bool: MediaPipe found the face in that frame (elsewhere the landmarks are interpolated)."""
         with np.load(self.root / schema.LANDMARKS) as z:

@@ -13,6 +13,12 @@ recognizer it was trained with:
 
 Each figure comes with its chance level: the same measure against the reference shifted by half its
 length (``np.roll``), which keeps its statistics and breaks its timing.
+
+Real clips are not always in sync themselves (the demo clip's audio is 4 frames late): a reference
+whose soundtrack is confidently offset from its mouth gets the correction ``talkgs prepare`` gives a
+subject before it drives the head, and the report says so. As a secondary check, the share of the
+driving audio's p/b/m (pocketsphinx forced alignment) during which the lips meet is reported for the
+render and for the reference.
 """
 
 from __future__ import annotations
@@ -22,7 +28,8 @@ from pathlib import Path
 
 import numpy as np
 
-from talkgs.eval.lipsync import LipSyncConfig, _fill_gaps, closure_threshold
+from talkgs.eval.lipsync import LipSyncConfig, _fill_gaps, bilabial_closures, closure_threshold, mouth_openings
+from talkgs.prepare.audio import align_phones
 
 
 @dataclass(frozen=True)
@@ -34,6 +41,8 @@ class DriveRefConfig:
     closure_max_frames: int = 10
     """A closure event is a run of closed frames at most this long (400 ms at 25 fps): the lips meeting
     inside speech. Longer runs are silences, which a mouth that never moves would also 'hit'."""
+    reference_max_offset: int = 8
+    """Audio-video offsets of the reference clip searched, in frames each way (``prepare.sync``)."""
     lipsync: LipSyncConfig = LipSyncConfig()
     """Where a mouth counts as closed: each clip's own threshold (``LipSyncConfig``)."""
 
@@ -109,26 +118,57 @@ def drive_ref_metrics(rendered: np.ndarray, reference: np.ndarray, cfg: DriveRef
 
 
 def evaluate_drive_ref(source: str | Path, video: str | Path, device: str | None = None,
-                       cfg: DriveRefConfig | None = None) -> dict:
-    """Drive the fitted ``source`` with the soundtrack of ``video`` (another person talking) and compare
-    the mouths MediaPipe sees in the render and in ``video``; returns ``drive_ref_metrics`` plus paths."""
+                       cfg: DriveRefConfig | None = None, drive: str = "audio") -> dict:
+    """Drive the fitted ``source`` with ``video`` (another person talking) and compare the mouths MediaPipe
+    sees in the render and in ``video``; returns ``drive_ref_metrics`` plus what was driven how.
+
+    ``drive``: "audio", the video's soundtrack through the model's audio path (the lip-sync figure);
+    "video", the video's own tracked mouth (``talkgs render --drive``; code-path models only).
+
+    A reference whose own soundtrack is confidently out of sync with its mouth (``prepare.sync``, the
+    estimate ``talkgs prepare`` makes for a subject) has its audio shifted by that offset first, as a
+    subject's is: otherwise the reference's own sync error would read as the model's lag.
+    """
     import torch
 
     from talkgs.eval.landmark_metrics import LandmarkTracker, mouth_opening
-    from talkgs.eval.lipsync import mouth_openings
+    from talkgs.prepare.sync import energy_envelope, estimate_offset, shift_audio
     from talkgs.render.driver import TalkingRenderer, read_speech
     from talkgs.utils import log, media
 
+    if drive not in ("audio", "video"):
+        raise ValueError(f"drive must be 'audio' or 'video', got {drive!r}")
+    cfg = cfg or DriveRefConfig()
     video = Path(video)
     samples = read_speech(video)
     renderer = TalkingRenderer(source, device=device)
     n = renderer.num_frames(samples)
     info = media.probe_video(video)
     reference = mouth_openings(video, (info.width, info.height), renderer.fps)  # [T] at the subject's fps
+    sr = media.SAMPLE_RATE
+    energy = energy_envelope(samples, sr, len(reference), renderer.fps)
+    offset = estimate_offset(_fill_gaps(reference), energy, renderer.fps, cfg.reference_max_offset)
+    applied = offset.frames if offset.confident else 0
+    samples = shift_audio(samples, applied, sr, renderer.fps)
     tracker = LandmarkTracker()
     with torch.no_grad():
-        features = renderer.encode(samples, n)
+        features = renderer.codes_from_video(video, n) if drive == "video" else renderer.encode(samples, n)
         for frame in log.progress(renderer.frames(features), total=n, desc="render", unit="frame"):
             tracker.add(frame)
     rendered = mouth_opening(tracker.result())
-    return {"video": str(video), "fps": renderer.fps, **drive_ref_metrics(rendered, reference, cfg)}
+    # Secondary check (it uses the phone recogniser): do the lips meet on the driving audio's p/b/m?
+    segments, _ = align_phones(samples)
+    closes = {}
+    for name, opening in (("rendered", rendered), ("reference", reference)):
+        closed = bilabial_closures(opening, segments, renderer.fps, closure_threshold(opening, cfg.lipsync)[0],
+                                   cfg.lipsync.closure_tolerance_frames)
+        closes[name] = round(float(closed.mean()), 3) if len(closed) else None
+    return {"video": str(video), "fps": renderer.fps, "drive": drive, "reference_av_offset_frames": offset.frames,
+            "reference_av_offset_confident": offset.confident, "reference_av_offset_applied_frames": applied,
+            **drive_ref_metrics(rendered, reference, cfg), "bilabial_closure": closes["rendered"],
+            "bilabial_closure_reference": closes["reference"], "rendered_opening": _rounded(rendered),
+            "reference_opening": _rounded(reference)}
+
+
+def _rounded(x: np.ndarray) -> list[float | None]:
+    return [round(float(v), 4) if np.isfinite(v) else None for v in x]

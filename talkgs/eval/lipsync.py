@@ -31,6 +31,7 @@ from pathlib import Path
 import numpy as np
 
 from talkgs.errors import TalkgsError
+from talkgs.prepare.audio import PhoneSegments, align_phones
 from talkgs.utils import log, media
 
 #: CMU phones during which the lips close: p, b, m.
@@ -39,8 +40,6 @@ BILABIALS: tuple[str, ...] = ("P", "B", "M")
 #: Sample rate of pocketsphinx's en-us acoustic model (and of ``energy_envelope`` here).
 SAMPLE_RATE = media.SAMPLE_RATE
 
-PhoneSegments = list[tuple[str, float, float]]
-"""(phone, start_s, end_s) in time order; phones from ``talkgs.prepare.audio.PHONES``."""
 
 
 @dataclass(frozen=True)
@@ -225,83 +224,3 @@ def bilabial_closures(
         if len(span):
             closed.append(bool(span.min() < threshold))
     return np.array(closed, bool)
-
-
-def align_phones(samples: np.ndarray) -> tuple[PhoneSegments, str]:
-    """Phones of speech ``samples`` (float32 mono [S] at 16 kHz) and how they were found.
-
-    First pocketsphinx recognises the words (bundled en-us acoustic model, its default language
-    model and dictionary), then force-aligns those words to get phone times: this finds far more
-    p/b/m than all-phone decoding, which drops short phones. When no words are recognised or the
-    alignment fails, all-phone decoding (``talkgs.prepare.audio.phone_segments``) is the fallback.
-
-    Returns (segments, "forced_alignment" | "allphone").
-    """
-    from talkgs.prepare.audio import phone_segments
-
-    segments = _forced_alignment(samples)
-    if segments:
-        return segments, "forced_alignment"
-    log.info("forced alignment found no phones (no words recognised); using all-phone decoding")
-    return phone_segments(samples, SAMPLE_RATE), "allphone"
-
-
-def _forced_alignment(samples: np.ndarray) -> PhoneSegments:
-    """Phones from word recognition + forced alignment, or [] when either finds nothing."""
-    import pocketsphinx
-
-    from talkgs.prepare.audio import PHONES
-
-    if len(samples) == 0:
-        return []
-    root = os.path.join(pocketsphinx.get_model_path(), "en-us")
-    model = {"hmm": os.path.join(root, "en-us"), "dict": os.path.join(root, "cmudict-en-us.dict"), "loglevel": "FATAL"}
-    pcm = _pcm16(samples)
-    recogniser = pocketsphinx.Decoder(lm=os.path.join(root, "en-us.lm.bin"), **model)
-    _decode(recogniser, pcm)
-    hyp = recogniser.hyp()
-    words = hyp.hypstr.strip() if hyp is not None else ""
-    if not words:
-        return []
-    # A separate decoder without the best-path lattice pass: with it, the word pass can leave <s> or
-    # </s> one frame long, which the 3-state phone pass cannot fit ("impossible duration"), and the
-    # whole alignment fails (it did on obama_diwali_pd_en_30s_256.mp4).
-    decoder = pocketsphinx.Decoder(bestpath=False, **model)
-    try:
-        decoder.set_align_text(words)  # first pass: word boundaries
-        _decode(decoder, pcm)
-        decoder.set_alignment()  # second pass: phone and state boundaries
-        _decode(decoder, pcm)
-    except RuntimeError:
-        return []
-    alignment = decoder.get_alignment()
-    if alignment is None:
-        return []
-    frame_s = 1.0 / float(decoder.config["frate"])
-    # Frame t spans offset + [t, t + 1) frames: the centre of its analysis window, as in phone_segments.
-    offset_s = float(decoder.config["wlen"]) / 2 - frame_s / 2
-    duration = len(samples) / SAMPLE_RATE
-    segments: PhoneSegments = []
-    for entry in alignment.phones():
-        phone = entry.name if entry.name in PHONES else "SIL"  # SIL and fillers
-        start = max(0.0, offset_s + entry.start * frame_s)
-        end = min(duration, offset_s + (entry.start + entry.duration) * frame_s)
-        if end > start:
-            segments.append((phone, start, end))
-    return segments
-
-
-def _decode(decoder, pcm: bytes) -> None:
-    decoder.start_utt()
-    decoder.process_raw(pcm, full_utt=True)
-    decoder.end_utt()
-
-
-def _pcm16(samples: np.ndarray) -> bytes:
-    """16-bit PCM of float [S], with the same fixed-seed +-1 LSB dither as all-phone decoding (digital
-    silence would otherwise give featureless cepstra that the decoder reads as speech)."""
-    from talkgs.prepare.audio import PS_DITHER_LSB
-
-    full = np.iinfo(np.int16)
-    dither = np.random.default_rng(0).integers(-PS_DITHER_LSB, PS_DITHER_LSB + 1, len(samples), np.int16)
-    return np.clip(np.round(samples * full.max) + dither, full.min, full.max).astype("<i2").tobytes()

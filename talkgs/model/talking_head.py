@@ -1,9 +1,18 @@
-"""The talking head: face and mouth Gaussians, their audio-driven motion fields and audio encoders.
+"""The talking head: face and mouth Gaussians, their motion fields and what drives them.
 
 As in TalkingGaussian, the face and the inside of the mouth are separate branches with their own
-persistent Gaussians. The face moves with audio and the blink signals, the mouth interior
-with audio alone; each branch has its own audio encoder. Untrained motion fields return zero
-offsets, so a fresh TalkingHead renders exactly the static head.
+persistent Gaussians. The face moves with the drive signal and the blink signals, the mouth interior
+with the drive signal alone. Untrained motion fields return zero offsets, so a fresh TalkingHead
+renders exactly the static head.
+
+Two drives (``HeadConfig.drive``):
+
+- ``"audio"``, TalkingGaussian's direct path: each branch has its own audio net from the audio
+  features to the fields, learned end to end.
+- ``"code"``: the fields follow the mouth code (``talkgs.model.mouth_code``). Training feeds each
+  frame's tracked code; new speech gets its code from ``SpeechToCode``, another person's video from
+  ``MouthBasis.transfer``. The ``features`` of ``deform`` are then either speech evidence [F, 2, D]
+  or a code track [F, C].
 """
 
 from __future__ import annotations
@@ -18,10 +27,18 @@ from talkgs.model.audio_net import AudioNet, AudioNetConfig
 from talkgs.model.gaussians import PARAM_NAMES, GaussianModel
 from talkgs.model.hashgrid import HashGridConfig
 from talkgs.model.motion import FaceMotionField, MotionDeltas, MotionFieldConfig, MouthMotionField, apply_deltas
+from talkgs.model.mouth_code import MouthBasis, MouthCodeConfig, SpeechToCode
+
+DRIVES = ("audio", "code")
 
 
 @dataclass
 class HeadConfig:
+    drive: str = "audio"
+    """What moves the fields: "audio" (the audio nets, TalkingGaussian's direct path) or "code" (the
+    mouth code, from tracking while fitting and from ``SpeechToCode`` for new speech)."""
+    code: MouthCodeConfig = field(default_factory=MouthCodeConfig)
+    """The mouth code and its speech model (``drive = "code"`` only)."""
     audio_encoders: tuple[str, ...] = ("mel",)
     """Audio features of the subject folder fed to the audio nets, concatenated per step. Log-mel alone
     predicts held-out mouth opening best of the encoders available without downloaded weights: the
@@ -42,6 +59,10 @@ class HeadConfig:
     """Initial Gaussians of the mouth interior."""
     mouth_depth_m: float = 0.025
     """The mouth Gaussians start this deep behind the lips (teeth and tongue sit just behind them)."""
+
+    def __post_init__(self) -> None:
+        if self.drive not in DRIVES:
+            raise ValueError(f"HeadConfig.drive must be one of {', '.join(DRIVES)}, got {self.drive!r}")
 
 
 @dataclass
@@ -81,49 +102,86 @@ class TalkingHead(nn.Module):
         self.cfg = cfg
         self.face = face
         self.mouth = mouth
-        self.audio_face = AudioNet(audio_dim, cfg.audio)
-        self.audio_mouth = AudioNet(audio_dim, cfg.audio)
-        motion = dataclasses.replace(cfg.motion, audio_dim=cfg.audio.out_dim, expr_dim=len(cfg.expression))
+        if cfg.drive == "audio":
+            self.audio_face = AudioNet(audio_dim, cfg.audio)
+            self.audio_mouth = AudioNet(audio_dim, cfg.audio)
+            signal = cfg.audio.out_dim
+        else:
+            self.mouth_code = MouthBasis(cfg.code)
+            self.speech = SpeechToCode(audio_dim, cfg.code)
+            signal = cfg.code.components
+        motion = dataclasses.replace(cfg.motion, audio_dim=signal, expr_dim=len(cfg.expression))
         self.face_motion = FaceMotionField(motion)
         self.mouth_motion = MouthMotionField(motion)
         self.register_buffer("expr_mean", torch.zeros(motion.expr_dim))  # [E]
         self.register_buffer("expr_std", torch.ones(motion.expr_dim))  # [E]
 
     def networks(self) -> dict[str, nn.Module]:
-        return {"audio_face": self.audio_face, "audio_mouth": self.audio_mouth, "face_motion": self.face_motion,
-                "mouth_motion": self.mouth_motion}
+        """The trained networks by name. The code path's speech model is solved in closed form instead."""
+        audio = {"audio_face": self.audio_face, "audio_mouth": self.audio_mouth} if self.cfg.drive == "audio" else {}
+        return {**audio, "face_motion": self.face_motion, "mouth_motion": self.mouth_motion}
+
+    def branch_networks(self, branch: str) -> list[nn.Module]:
+        """The networks that move ``branch`` ("face" or "mouth"): its field and, on the audio path, its audio net."""
+        nets = self.networks()
+        return [nets[k] for k in (f"audio_{branch}", f"{branch}_motion") if k in nets]
+
+    @property
+    def right_context(self) -> int:
+        """Frames of audio features after frame i that its motion reads (a stream's look-ahead)."""
+        return self.audio_face.right_context if self.cfg.drive == "audio" else self.speech.right_context
+
+    @property
+    def left_context(self) -> int:
+        """Frames of audio features before frame i that its motion reads."""
+        return self.audio_face.left_context if self.cfg.drive == "audio" else self.speech.left_context
 
     @torch.no_grad()
     def set_input_stats(self, features: Tensor, expression: Tensor) -> None:
-        """Standardise the audio features [F, 2, D] and expressions [F, E] with training-frame statistics."""
-        self.audio_face.set_feature_stats(features)
-        self.audio_mouth.set_feature_stats(features)
+        """Standardise the audio features [F, 2, D] (audio path) and expressions [F, E] with training-frame
+        statistics."""
+        if self.cfg.drive == "audio":
+            self.audio_face.set_feature_stats(features)
+            self.audio_mouth.set_feature_stats(features)
         self.expr_mean.copy_(expression.mean(0))
         self.expr_std.copy_(expression.std(0).clamp_min(1e-3))
+
+    def signal(self, features: Tensor, index: Tensor, branch: str) -> Tensor:
+        """[B, A] what drives ``branch`` in frames ``index`` [B]: its audio net's embedding of the audio
+        features [F, 2, D], or the mouth code (from a code track [F, C], or predicted from speech
+        evidence [F, 2, D])."""
+        if self.cfg.drive == "audio":
+            return (self.audio_face if branch == "face" else self.audio_mouth)(features, index)
+        if features.ndim == 2:
+            c = self.cfg.code.components
+            if features.shape[1] != c:
+                raise ValueError(f"a code track must be [F, {c}], got {tuple(features.shape)}")
+            return features[index.to(device=features.device, dtype=torch.long)]
+        return self.speech(features, index)
 
     def face_deltas(self, features: Tensor, index: Tensor, expression: Tensor,
                     points: Tensor | None = None) -> MotionDeltas:
         """Face offsets at the face Gaussians, or at ``points`` [M, 3] (canonical positions) when given.
 
         Args:
-            features: [F, 2, D] audio features of the sequence.
+            features: [F, 2, D] audio features of the sequence, or a code track [F, C] (``signal``).
             index: [1] the frame, or [B] frames.
             expression: [E] that frame's ``cfg.expression`` channels (offsets [N, ...]), or [B, E] for
                 the B frames (offsets [B, N, ...]).
         """
-        audio = self.audio_face(features, index)  # [B, A]
+        audio = self.signal(features, index, "face")  # [B, A]
         if expression.ndim == 1:
             audio = audio[0]
         expr = (expression - self.expr_mean) / self.expr_std
         return self.face_motion(self.face.params["means"].detach() if points is None else points, audio, expr)
 
     def mouth_deltas(self, features: Tensor, index: Tensor) -> MotionDeltas:
-        """Mouth offsets (d_means [B, M, 3]) of frames ``index`` [B] of ``features`` [F, 2, D]."""
-        return self.mouth_motion(self.mouth.params["means"].detach(), self.audio_mouth(features, index))
+        """Mouth offsets (d_means [B, M, 3]) of frames ``index`` [B] of ``features`` (``signal``)."""
+        return self.mouth_motion(self.mouth.params["means"].detach(), self.signal(features, index, "mouth"))
 
     def deform(
         self,
-        features: Tensor | None,  # [F, 2, D] audio features of the sequence (None: no motion at all)
+        features: Tensor | None,  # [F, 2, D] audio features, or [F, C] codes (``signal``); None: no motion
         index: Tensor,  # [B] frames of ``features``
         expression: Tensor,  # [B, E] the frames' ``cfg.expression`` channels
         face_motion: bool = True,
@@ -158,5 +216,7 @@ class TalkingHead(nn.Module):
         face = GaussianModel(**{k: tensors[f"face.params.{k}"] for k in PARAM_NAMES})
         mouth = GaussianModel(**{k: tensors[f"mouth.params.{k}"] for k in PARAM_NAMES})
         head = cls(face, mouth, audio_dim, cfg)
+        if "speech.train_codes" in tensors:  # as many as the fit kept
+            head.speech.train_codes = tensors["speech.train_codes"].clone()
         head.load_state_dict(tensors)
         return head

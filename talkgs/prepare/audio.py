@@ -1,4 +1,4 @@
-"""Per-frame audio features for the talking-head model: log-mel, phone one-hots, HuBERT, wav2vec2.
+"""Per-frame audio features for the talking-head model: log-mel, phone one-hots, visemes, HuBERT, wav2vec2.
 
 Timing convention (the anti-drift guarantee)
 --------------------------------------------
@@ -34,9 +34,9 @@ import numpy as np
 
 from talkgs.errors import TalkgsError
 from talkgs.prepare.config import AudioConfig
-from talkgs.utils import media
+from talkgs.utils import log, media
 
-ENCODERS: tuple[str, ...] = ("mel", "phonemes", "hubert", "wav2vec2")
+ENCODERS: tuple[str, ...] = ("mel", "phonemes", "visemes", "hubert", "wav2vec2")
 
 #: Phone set of the ``phonemes`` one-hot: SIL (silence, breath, noise and other fillers), then the
 #: 39 CMU phones of pocketsphinx's en-us acoustic model.
@@ -47,6 +47,39 @@ PHONES: tuple[str, ...] = (
     "W", "Y", "Z", "ZH",
 )
 _PHONE_INDEX = {p: i for i, p in enumerate(PHONES)}
+
+PhoneSegments = list[tuple[str, float, float]]
+"""(phone, start_s, end_s) in time order; phones from ``PHONES``."""
+
+#: Mouth-shape classes of the ``visemes`` encoder, and the phones in each. Phones that look alike on
+#: the lips share a class (p, b and m all press the lips together), so the classes are what a
+#: recogniser can get right even when it confuses the phones inside one. The grouping follows the
+#: usual viseme sets (e.g. Rhubarb Lip Sync's shapes): closed lips, lip-teeth, tongue-teeth, tongue
+#: behind the teeth, rounded-protruded, back of the tongue, and vowels by how far the jaw opens and
+#: whether the lips round.
+VISEMES: dict[str, tuple[str, ...]] = {
+    "silence": ("SIL",),
+    "bilabial": ("P", "B", "M"),
+    "labiodental": ("F", "V"),
+    "dental": ("TH", "DH"),
+    "alveolar": ("T", "D", "N", "S", "Z"),
+    "lateral": ("L",),
+    "postalveolar": ("SH", "CH", "JH", "ZH"),
+    "velar": ("K", "G", "NG", "HH"),
+    "palatal": ("Y",),
+    "rounded": ("W", "UW", "UH"),
+    "rhotic": ("R", "ER"),
+    "open": ("AA", "AE", "AW", "AY"),
+    "mid": ("AH", "EH"),
+    "open_rounded": ("AO", "OW", "OY"),
+    "close": ("IY", "IH", "EY"),
+}
+_VISEME_OF_PHONE = {p: i for i, phones in enumerate(VISEMES.values()) for p in phones}
+LOUDNESS_REF_S = 2.0
+"""The ``visemes`` encoder's loudness is relative to the loudest 25 ms of the preceding this many
+seconds, so the recording level and the speaker's voice drop out and a stream can compute it."""
+LOUDNESS_RANGE_DB = 50.0
+"""...and spans this many decibels below that reference, mapped to [0, 1] (silence is 0)."""
 
 MODEL_SAMPLE_RATE = media.SAMPLE_RATE
 """Sample rate of pocketsphinx's en-us model and of the HuBERT / wav2vec2 checkpoints."""
@@ -133,7 +166,10 @@ def encode_audio(
 
     audio = _fit_length(samples, round(num_frames / fps * sample_rate))  # [S']
     times = feature_times(num_frames, fps).reshape(-1)  # [2F]
-    if name in ("mel", "phonemes"):
+    if name == "visemes":
+        # Word recognition needs whole sentences: phones come from one pass over the clip.
+        feats = _viseme_features(align_phones(audio)[0], audio, 0.0, times, sample_rate)
+    elif name in ("mel", "phonemes"):
         feats = _chunked(name, audio, times, cfg, sample_rate)
     else:
         feats = _checkpoint_features(name, audio, times, cfg)  # windows of its own
@@ -184,6 +220,9 @@ def encode_span(
         feats = _log_mel(samples, rel, cfg.n_mels, sample_rate)
     elif name == "phonemes":
         feats = _phone_one_hot(phone_segments(samples, sample_rate), rel)
+    elif name == "visemes":
+        # A stream sees a short stretch, too short for word recognition: all-phone decoding.
+        feats = _viseme_features(phone_segments(samples, sample_rate), samples, start_s, np.asarray(times), sample_rate)
     else:
         feats = _checkpoint_features(name, samples, rel, cfg)
     return np.ascontiguousarray(feats, dtype=np.float32)
@@ -196,6 +235,8 @@ def feature_dim(name: str, cfg: AudioConfig) -> int:
         return cfg.n_mels
     if name == "phonemes":
         return len(PHONES)
+    if name == "visemes":
+        return len(VISEMES) + 1
     from transformers import AutoConfig
 
     ckpt = _CHECKPOINTS[name]
@@ -397,3 +438,106 @@ def _checkpoint_features(name: str, audio: np.ndarray, times: np.ndarray, cfg: A
             parts.append(out[a - lo : b - lo].float().cpu().numpy())
     feats = np.concatenate(parts)  # [N, D]
     return _resample_linear((np.arange(steps) * stride + field / 2) / sr, feats, times)
+
+
+def align_phones(samples: np.ndarray) -> tuple[PhoneSegments, str]:
+    """Phones of speech ``samples`` (float32 mono [S] at 16 kHz) and how they were found.
+
+    First pocketsphinx recognises the words (bundled en-us acoustic model, its default language
+    model and dictionary), then force-aligns those words to get phone times: this finds far more
+    p/b/m than all-phone decoding, which drops short phones. When no words are recognised or the
+    alignment fails, all-phone decoding (``talkgs.prepare.audio.phone_segments``) is the fallback.
+
+    Returns (segments, "forced_alignment" | "allphone").
+    """
+    segments = _forced_alignment(samples)
+    if segments:
+        return segments, "forced_alignment"
+    log.info("forced alignment found no phones (no words recognised); using all-phone decoding")
+    return phone_segments(samples, MODEL_SAMPLE_RATE), "allphone"
+
+
+def _forced_alignment(samples: np.ndarray) -> PhoneSegments:
+    """Phones from word recognition + forced alignment, or [] when either finds nothing."""
+    import pocketsphinx
+
+    if len(samples) == 0:
+        return []
+    root = os.path.join(pocketsphinx.get_model_path(), "en-us")
+    model = {"hmm": os.path.join(root, "en-us"), "dict": os.path.join(root, "cmudict-en-us.dict"), "loglevel": "FATAL"}
+    pcm = _pcm16(samples)
+    recogniser = pocketsphinx.Decoder(lm=os.path.join(root, "en-us.lm.bin"), **model)
+    _decode(recogniser, pcm)
+    hyp = recogniser.hyp()
+    words = hyp.hypstr.strip() if hyp is not None else ""
+    if not words:
+        return []
+    # A separate decoder without the best-path lattice pass: with it, the word pass can leave <s> or
+    # </s> one frame long, which the 3-state phone pass cannot fit ("impossible duration"), and the
+    # whole alignment fails (it did on obama_diwali_pd_en_30s_256.mp4).
+    decoder = pocketsphinx.Decoder(bestpath=False, **model)
+    try:
+        decoder.set_align_text(words)  # first pass: word boundaries
+        _decode(decoder, pcm)
+        decoder.set_alignment()  # second pass: phone and state boundaries
+        _decode(decoder, pcm)
+    except RuntimeError:
+        return []
+    alignment = decoder.get_alignment()
+    if alignment is None:
+        return []
+    frame_s = 1.0 / float(decoder.config["frate"])
+    # Frame t spans offset + [t, t + 1) frames: the centre of its analysis window, as in phone_segments.
+    offset_s = float(decoder.config["wlen"]) / 2 - frame_s / 2
+    duration = len(samples) / MODEL_SAMPLE_RATE
+    segments: PhoneSegments = []
+    for entry in alignment.phones():
+        phone = entry.name if entry.name in PHONES else "SIL"  # SIL and fillers
+        start = max(0.0, offset_s + entry.start * frame_s)
+        end = min(duration, offset_s + (entry.start + entry.duration) * frame_s)
+        if end > start:
+            segments.append((phone, start, end))
+    return segments
+
+
+def _decode(decoder, pcm: bytes) -> None:
+    decoder.start_utt()
+    decoder.process_raw(pcm, full_utt=True)
+    decoder.end_utt()
+
+
+def _pcm16(samples: np.ndarray) -> bytes:
+    """16-bit PCM of float [S], with the same fixed-seed +-1 LSB dither as all-phone decoding (digital
+    silence would otherwise give featureless cepstra that the decoder reads as speech)."""
+    full = np.iinfo(np.int16)
+    dither = np.random.default_rng(0).integers(-PS_DITHER_LSB, PS_DITHER_LSB + 1, len(samples), np.int16)
+    return np.clip(np.round(samples * full.max) + dither, full.min, full.max).astype("<i2").tobytes()
+
+
+def _viseme_features(segments: PhoneSegments, samples: np.ndarray, start_s: float, times: np.ndarray,
+                     sample_rate: int) -> np.ndarray:
+    """[T, len(VISEMES) + 1]: the viseme one-hot of the phone at each of ``times`` (absolute s) and the
+    relative loudness there. ``segments`` are relative to ``samples``, which start at ``start_s``."""
+    rel = np.asarray(times, np.float64) - start_s
+    labels = np.zeros(len(rel), np.int64)  # silence
+    for phone, a, b in segments:
+        labels[(rel >= a) & (rel < b)] = _VISEME_OF_PHONE[phone]
+    one_hot = np.eye(len(VISEMES), dtype=np.float32)[labels]
+    return np.concatenate([one_hot, _relative_loudness(samples, rel, sample_rate)[:, None]], 1)
+
+
+def _relative_loudness(samples: np.ndarray, rel: np.ndarray, sample_rate: int) -> np.ndarray:
+    """[T] in [0, 1]: the level of the 25 ms around each of ``rel`` (s into ``samples``) against the
+    loudest such window of the ``LOUDNESS_REF_S`` before it (``LOUDNESS_RANGE_DB`` below it is 0)."""
+    hop = round(MEL_HOP_S * sample_rate)
+    win = round(MEL_WINDOW_S * sample_rate)
+    n = max(1, (len(samples) + hop - 1) // hop)
+    padded = np.pad(samples.astype(np.float64), (win // 2, win))
+    frames = np.lib.stride_tricks.sliding_window_view(padded, win)[::hop][:n]  # [n, win] centred on k * hop
+    level = 10 * np.log10(np.mean(frames ** 2, axis=1) + 1e-10)  # [n] dB
+    reach = round(LOUDNESS_REF_S / MEL_HOP_S)
+    # Running max over the preceding ``reach`` steps; the reference never drops below -60 dBFS, so
+    # a silent stretch reads as silent rather than as loud relative to itself.
+    ref = np.maximum(np.array([level[max(0, k - reach): k + 1].max() for k in range(n)]), -60.0)
+    k = np.clip(np.round(rel / MEL_HOP_S).astype(np.int64), 0, n - 1)
+    return np.clip(1 + (level[k] - ref[k]) / LOUDNESS_RANGE_DB, 0.0, 1.0).astype(np.float32)

@@ -258,7 +258,8 @@ def prepare(video: str | Path, out: str | Path, cfg: PrepareConfig | None = None
         c2w = np.linalg.inv(w2c)
         np.savez(tmp / schema.CAMERAS, K=track.K, w2c=w2c, c2w=c2w, template=track.template,
                  rigid=np.array(RIGID), cuts=np.array(track.cuts, np.int64))
-        np.savez_compressed(tmp / schema.LANDMARKS, points=pts, found=found)
+        np.savez_compressed(tmp / schema.LANDMARKS, points=pts, found=found,
+                            canonical=track.landmarks3d.astype(np.float32))
         np.savez(tmp / schema.SIGNALS, **sig)
         files = [schema.FRAMES, schema.LABELS_VIDEO, schema.LANDMARKS, schema.CAMERAS, schema.TRANSFORMS,
                  schema.SIGNALS, schema.BACKGROUND, schema.REPORT]
@@ -348,3 +349,25 @@ def _write_transforms(path: Path, K: np.ndarray, c2w: np.ndarray, size: int, fps
         "w": size, "h": size, "fps": fps, "frames_file": schema.FRAMES, "frames": frames,
     }
     path.write_text(json.dumps(data))
+
+
+def track_face(video: str | Path, fps: float, cfg: PrepareConfig | None = None) -> np.ndarray:
+    """[T, 478, 3] canonical landmarks (head pose removed, metres) of the main face in ``video``, at
+    ``fps``: the mouth of a driving video (``talkgs render --drive``), tracked as ``prepare`` tracks a
+    subject, without cropping or writing anything. Frames without a face are interpolated."""
+    import dataclasses
+
+    cfg = cfg or PrepareConfig()
+    cfg = dataclasses.replace(cfg, video=dataclasses.replace(cfg.video, fps=fps))
+    video = Path(video)
+    if not video.is_file():
+        raise TalkgsError(f"video {video} does not exist")
+    info = media.probe_video(video)
+    det = _detect(video, info, cfg)
+    if not det.found.any():
+        raise TalkgsError(f"no face found in {video}")
+    pts = fill_gaps(det.points, det.found, fps, cfg.face).astype(np.float32)
+    flow_valid = det.flow_valid & det.found[:, None] & np.concatenate([[False], det.found[:-1]])[:, None]
+    track = track_head(pts[..., :2], pts, (info.width / 2, info.height / 2), float(info.width), cfg.tracking,
+                       flow=det.flow, flow_valid=flow_valid)
+    return track.landmarks3d.astype(np.float32)

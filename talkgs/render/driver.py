@@ -274,7 +274,7 @@ class TalkingRenderer:
         self.encoders = model.encoders
         self.audio_cfg = from_dict(AudioConfig, model.audio_settings)
         #: Frames of audio after frame i that frame i's embedding reads (0 for a causal audio net).
-        self.lookahead = self.head.audio_face.right_context
+        self.lookahead = self.head.right_context
 
     # -- audio ---------------------------------------------------------------------------------------
     def num_frames(self, samples: np.ndarray | int, sample_rate: int = media.SAMPLE_RATE) -> int:
@@ -282,6 +282,19 @@ class TalkingRenderer:
         rounded to whole frames."""
         count = samples if isinstance(samples, int) else len(samples)
         return max(1, round(count / sample_rate * self.fps))
+
+    def codes_from_video(self, video: str | Path, num_frames: int) -> torch.Tensor:
+        """The mouth of another person's talking ``video`` as this subject's code track [num_frames, C]
+        (``MouthBasis.transfer``); the last frame repeats if the video is shorter than its audio."""
+        from talkgs.prepare.pipeline import track_face
+
+        if self.head.cfg.drive != "code":
+            raise TalkgsError("--drive needs a model fitted on the mouth-code path (head.drive: code); this one "
+                              "was fitted on the direct audio path: drive it with --audio")
+        canonical = track_face(video, self.fps)  # [T, 478, 3]
+        codes = self.head.mouth_code.transfer(canonical)  # [T, C]
+        idx = torch.arange(num_frames).clamp_max(len(codes) - 1)
+        return codes[idx].to(self.device)
 
     def encode(self, samples: np.ndarray, num_frames: int | None = None) -> torch.Tensor:
         """Audio features [F, 2, D] of float32 16 kHz mono ``samples`` for the head's encoders."""
@@ -373,21 +386,24 @@ class AudioStream:
     """Audio chunks in, finished frames out, with bounded latency (``TalkingRenderer.stream``).
 
     Frame i is rendered once the audio has reached ``latency_frames`` frames past it: the audio net's
-    right context (``AudioNet.right_context``; 0 for a causal net), the encoder's own look-ahead, and
+    right context (``TalkingHead.right_context``: 0 for a causal audio net, the speech model's window on
+    the code path), the encoder's own look-ahead, and
     the block in which features are computed. Audio older than ``context_s`` before the next frame is
     dropped, so memory stays flat however long the stream.
 
     With the ``mel`` encoder the frames equal the offline render (``TalkingRenderer.frames``) of the
     same audio: features are computed on a hop-aligned stretch with enough context on both sides, and
     the audio net sees the same feature frames. ``phonemes`` and the model encoders decode a sliding
-    stretch, so their phones near its ends, and the frames, can differ slightly.
+    stretch, so their phones near its ends, and the frames, can differ slightly. ``visemes`` offline
+    come from word recognition and forced alignment over the whole clip, which a stream cannot wait
+    for: a stream decodes phones alone (all-phone), so its mouth follows the same speech less exactly.
     """
 
     #: Sample rate of the audio fed to ``push`` (what ``media.read_audio`` gives).
     SAMPLE_RATE = media.SAMPLE_RATE
     #: Audio kept before the first feature frame still to be computed, and reached past the last one:
-    #: context for the encoders (mel needs 12.5 ms, the phone decoder about a second).
-    CONTEXT_S = {"mel": 0.05, "phonemes": 1.0}
+    #: context for the encoders (mel needs 12.5 ms, the phone decoders about a second).
+    CONTEXT_S = {"mel": 0.05, "phonemes": 1.0, "visemes": 1.0}
     MODEL_CONTEXT_S = 1.5
     #: Feature frames computed together: each encoder call costs a decode of the context.
     BLOCK_FRAMES = 4
@@ -458,7 +474,7 @@ class AudioStream:
 
     def _trim(self) -> None:
         """Drop audio and features that no future frame needs."""
-        keep_from = self._next_frame - self.r.head.audio_face.left_context
+        keep_from = self._next_frame - self.r.head.left_context
         drop = max(0, keep_from - self._feat_start)
         if drop:
             del self._features[:drop]
@@ -507,9 +523,10 @@ def read_speech(path: str | Path) -> np.ndarray:
 
 
 def render_speech(source: str | Path, audio_path: str | Path, out: str | Path, cfg: DriveConfig | None = None,
-                  device: str | None = None, force: bool = False) -> dict:
+                  device: str | None = None, force: bool = False, drive_video: bool = False) -> dict:
     """Render ``source`` (a fitted subject folder or model file) speaking ``audio_path`` to ``out`` (H.264 +
-    AAC); returns a summary.
+    AAC); returns a summary. ``drive_video``: ``audio_path`` is another person's talking video, whose
+    tracked mouth drives the head (``TalkingRenderer.codes_from_video``) and whose soundtrack is muxed.
 
     The frame count is the audio's duration at the subject's fps (rounded to whole frames), and frame
     i shows the mouth for the audio of [i / fps, (i + 1) / fps), so the muxed audio is in sync from the
@@ -524,7 +541,7 @@ def render_speech(source: str | Path, audio_path: str | Path, out: str | Path, c
     samples = read_speech(audio_path)
     renderer = TalkingRenderer(source, cfg, device)
     n = renderer.num_frames(samples)
-    features = renderer.encode(samples, n)
+    features = renderer.codes_from_video(audio_path, n) if drive_video else renderer.encode(samples, n)
     tmp = out.with_name(f".{out.name}.tmp.mp4")
     tmp_out = out.with_name(f".{out.name}.mux.mp4")
     try:

@@ -29,3 +29,11 @@ class FitContext(SubjectFrames):
                                       device=self.device)  # [F, 478, 2]
         self.landmarks_found = torch.tensor(subject.landmarks_found, device=self.device)  # [F]
         self.template = torch.tensor(subject.template, dtype=torch.float32, device=self.device)  # [478, 3]
+        #: [F, C] the tracked mouth codes that drive training renders (``HeadConfig.drive = "code"``;
+        #: set by the trainer once the head's basis exists), else None.
+        self.codes: torch.Tensor | None = None
+
+    def drive(self, training: bool) -> torch.Tensor | None:
+        """What drives the motion fields: the tracked codes while training the code path; otherwise
+        the audio features (on the code path, held-out frames get their codes from speech)."""
+        return self.codes if training and self.codes is not None else self.features

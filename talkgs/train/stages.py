@@ -12,7 +12,7 @@ import torch
 
 from talkgs.data.frames import Batch
 from talkgs.data.schema import HEAD_LABELS, Label
-from talkgs.model.gaussians import GaussianModel
+from talkgs.model.gaussians import PARAM_NAMES, GaussianModel
 from talkgs.model.losses import dssim, masked_l1, psnr
 from talkgs.model.motion import MotionDeltas
 from talkgs.model.talking_head import TalkingHead
@@ -45,6 +45,11 @@ class Stage:
     face_layer = True
     mouth = False
     mouth_motion = False
+    #: The parameters of ``gaussians()`` that the stage trains.
+    params: tuple[str, ...] = PARAM_NAMES
+    #: Whether the trained Gaussians start with SH degree 0 and gain a band every ``sh_degree_every``
+    #: steps (fitting from scratch), or show all their bands from the first step (fitted already).
+    warm_up_sh = True
 
     @classmethod
     def draws(cls) -> dict[str, bool]:
@@ -102,11 +107,11 @@ class Stage:
         it does not train are fitted already and always show all their bands.
         """
         ctx, head = self.ctx, self.head
-        trained = self.gaussians()
+        trained = self.gaussians() if self.warm_up_sh else None
         degrees = {name: sh_degree for name, model in (("face", head.face), ("mouth", head.mouth)) if model is trained}
         index = torch.tensor([batch.index], device=ctx.device)
         return render_frames(
-            head, ctx.features, index, ctx.expression[index], batch.viewmat[None], batch.K, batch.under[None],
+            head, ctx.drive(training), index, ctx.expression[index], batch.viewmat[None], batch.K, batch.under[None],
             face=self.face_layer or not training, mouth=self.mouth, face_motion=self.face_motion and motion,
             mouth_motion=self.mouth_motion and motion, sh_degree=degrees, backend=ctx.cfg.backend)
 
@@ -148,7 +153,7 @@ class Stage:
             # The field is evaluated at the anchor Gaussians only: a point's offset does not depend on
             # the other points.
             anchors, inverse = idx.unique(return_inverse=True)
-            d = self.head.face_deltas(ctx.features, extra, ctx.expression[extra],
+            d = self.head.face_deltas(ctx.drive(True), extra, ctx.expression[extra],
                                       points=self.head.face.params["means"].detach()[anchors]).d_means  # [B, U, 3]
             offsets.append(d[:, inverse])  # [B, M, k, 3]
             frames = torch.cat([frames, extra])
@@ -195,7 +200,7 @@ class MouthStage(Stage):
         return self.head.mouth
 
     def networks(self) -> list[torch.nn.Module]:
-        return [self.head.audio_mouth, self.head.mouth_motion]
+        return self.head.branch_networks("mouth")
 
     def masks(self, batch: Batch) -> dict[str, torch.Tensor]:
         m = super().masks(batch)
@@ -209,18 +214,26 @@ class FaceStage(Stage):
 
     Trained on every pixel of the composite (the mouth branch is in place now), with TalkingGaussian's
     incremental sampling when the stage config asks for it.
+
+    The face Gaussians' colours and opacities train too, their geometry does not. The static head
+    hides Gaussians behind the lips whose colour nothing saw; when the lips part, the motion reveals
+    them. Left untrained, one such Gaussian showed as a magenta spot under the lower lip of the demo fit
+    in every moving frame (issue 13); trained here, whatever the motion reveals gets the colour of what
+    the frames show there.
     """
 
     name = "face"
     face_motion = True
     mouth = True
     mouth_motion = True
+    params = ("opacities", "sh0", "shN")
+    warm_up_sh = False
 
     def gaussians(self) -> GaussianModel | None:
-        return None
+        return self.head.face
 
     def networks(self) -> list[torch.nn.Module]:
-        return [self.head.audio_face, self.head.face_motion]
+        return self.head.branch_networks("face")
 
     def sample(self, step: int, gen: torch.Generator) -> int:
         """The frame to render; also draws the ``landmark_extra`` frames of the landmark loss."""

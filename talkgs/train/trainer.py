@@ -39,16 +39,16 @@ from talkgs.utils.camera import scale_intrinsics
 from talkgs.utils.config import from_dict, load_yaml, save_yaml, to_dict
 
 
-def _optimizers(model: GaussianModel | None, networks: list[torch.nn.Module], cfg: StageConfig,
-                scene_scale: float) -> dict[str, torch.optim.Adam]:
-    # One Adam per Gaussian parameter, as gsplat's strategies expect (they resize each one's moments),
-    # and one for all the networks the stage trains.
+def _optimizers(model: GaussianModel | None, names: tuple[str, ...], networks: list[torch.nn.Module],
+                cfg: StageConfig, scene_scale: float) -> dict[str, torch.optim.Adam]:
+    # One Adam per trained Gaussian parameter (``names``), as gsplat's strategies expect (they resize
+    # each one's moments), and one for all the networks the stage trains.
     out = {}
     if model is not None:
         lrs = {"means": cfg.lr.means * scene_scale, "scales": cfg.lr.scales, "quats": cfg.lr.quats,
                "opacities": cfg.lr.opacities, "sh0": cfg.lr.sh0, "shN": cfg.lr.shN}
         out = {k: torch.optim.Adam([{"params": [p], "lr": lrs[k], "name": k}], eps=1e-15)
-               for k, p in model.params.items()}
+               for k, p in model.params.items() if k in names}
     params = [p for net in networks for p in net.parameters()]
     if params:
         out["networks"] = torch.optim.Adam(params, lr=cfg.lr.network)
@@ -122,6 +122,9 @@ class Trainer:
         else:
             head = self._initial_head(ctx, audio_dim).to(ctx.device)
             first_stage, first_step = 0, 0
+        if cfg.head.drive == "code":
+            ctx.codes = head.mouth_code.encode(self.subject.canonical_landmarks).to(ctx.device)
+            report.setdefault("mouth_code", self._speech_report(ctx, head))
         for k in range(first_stage, len(cfg.stages)):
             stage_cfg = cfg.stages[k]
             resume_state = ckpt if (ckpt is not None and k == first_stage and first_step > 0) else None
@@ -162,7 +165,30 @@ class Trainer:
         if ctx.features is not None:
             train_t = torch.as_tensor(train, device=ctx.device)
             head.set_input_stats(ctx.features[train_t].cpu(), ctx.expression[train_t].cpu())
+        if cfg.head.drive == "code":
+            canonical = self.subject.canonical_landmarks
+            kept = head.mouth_code.fit(canonical[train])
+            log.info(f"mouth code: {cfg.head.code.components} components keep {100 * kept:.1f} % of the lip and "
+                     "jaw movement of the training frames")
+            features = ctx.require_audio("the mouth code's speech model").cpu()
+            head.speech.fit(features, head.mouth_code.encode(canonical), torch.as_tensor(train))
         return head
+
+    @torch.no_grad()
+    def _speech_report(self, ctx: FitContext, head: TalkingHead) -> dict:
+        """How well speech predicts the tracked mouth: correlation of the predicted and tracked inner-lip
+        opening on the held-out and the training frames, and the code error beside a still mouth's."""
+        pred = head.speech(ctx.features, torch.arange(ctx.features.shape[0], device=ctx.device)).cpu()
+        codes = ctx.codes.cpu()
+        a, b = head.mouth_code.opening(pred).numpy(), head.mouth_code.opening(codes).numpy()
+        test, train = ctx.test_indices, ctx.train_indices
+        corr = lambda idx: round(float(np.corrcoef(a[idx], b[idx])[0, 1]), 3)  # noqa: E731
+        report = {"components": int(codes.shape[1]), "opening_corr_test": corr(test), "opening_corr_train": corr(train),
+                  "rmse_test": round(float(((pred[test] - codes[test]) ** 2).mean().sqrt()), 3),
+                  "rmse_test_still": round(float((codes[test] ** 2).mean().sqrt()), 3)}
+        log.info(f"speech -> mouth code: held-out opening correlation {report['opening_corr_test']}, code rmse "
+                 f"{report['rmse_test']} (still mouth {report['rmse_test_still']})")
+        return report
 
     def _checkpoint(self, stage_index: int, step: int, head: TalkingHead, optimizers, strategy_state,
                     gen: torch.Generator, report: dict, elapsed: float = 0.0) -> None:
@@ -182,9 +208,15 @@ class Trainer:
         model = stage.gaussians()
         # Only what the stage trains needs gradients; the rest is skipped by autograd.
         head.requires_grad_(False)
-        for module in ([model] if model is not None else []) + stage.networks():
+        for module in stage.networks():
             module.requires_grad_(True)
-        optimizers = _optimizers(model, stage.networks(), cfg, ctx.scene_scale)
+        if model is not None:
+            for k in stage.params:
+                model.params[k].requires_grad_(True)
+        optimizers = _optimizers(model, stage.params, stage.networks(), cfg, ctx.scene_scale)
+        if cfg.densify.enabled and model is not None and set(stage.params) != set(model.params):
+            raise TalkgsError(f"stage {cfg.name} trains only the {', '.join(stage.params)} of its Gaussians; "
+                              "densification needs all their parameters: set densify.enabled: false for it")
         strategy = make_strategy(cfg.densify) if cfg.densify.enabled and model is not None else None
         state = strategy.initialize_state(scene_scale=ctx.scene_scale) if strategy else None
         # The strategy resizes the Gaussians' own optimizers, never the networks'.

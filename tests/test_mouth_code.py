@@ -1,0 +1,199 @@
+"""The mouth-code path on real footage: the code from tracking, speech to code, another person's mouth to
+code, and a fit that is driven by it (``HeadConfig.drive = "code"``)."""
+
+from __future__ import annotations
+
+import shutil
+
+import numpy as np
+import pytest
+import torch
+from conftest import shared_file
+
+from talkgs.cli.main import main
+from talkgs.data.subject import Subject
+from talkgs.model.mouth_code import MouthBasis, MouthCodeConfig, SpeechToCode
+from talkgs.prepare.audio import VISEMES, encode_audio
+from talkgs.prepare.config import AudioConfig
+from talkgs.utils import media
+
+
+@pytest.fixture(scope="module")
+def demo(demo_subject):
+    """(subject, basis fitted on its training frames, tracked codes [F, C], visemes [F, 2, D])."""
+    subject = Subject(demo_subject[0])
+    basis = MouthBasis(MouthCodeConfig())
+    basis.fit(subject.canonical_landmarks[subject.train_indices])
+    codes = basis.encode(subject.canonical_landmarks)
+    visemes = torch.tensor(np.asarray(subject.audio_features("visemes")))
+    return subject, basis, codes, visemes
+
+
+def _corr(a, b) -> float:
+    return float(np.corrcoef(np.asarray(a, np.float64), np.asarray(b, np.float64))[0, 1])
+
+
+def test_code_describes_the_tracked_mouth(demo):
+    """Eight components keep most of the lip and jaw movement, are whitened on the training frames, give the
+    landmarks back to a fraction of a millimetre, and their opening is the tracked mouth opening."""
+    subject, basis, codes, _ = demo
+    train = subject.train_indices
+    assert basis.fit(subject.canonical_landmarks[train]) > 0.9
+    assert torch.allclose(codes[train].std(0), torch.ones(codes.shape[1]), atol=0.01)
+    from talkgs.model.mouth_code import MOUTH_IDS
+
+    truth = torch.tensor(subject.canonical_landmarks[:, list(MOUTH_IDS)])
+    error_mm = (basis.decode(codes) - truth).norm(dim=-1).mean() * 1000
+    assert error_mm < 0.5, error_mm  # the lips are about 50 mm wide
+    assert _corr(basis.opening(codes), subject.signals["mouth_open"]) > 0.95
+
+
+def test_visemes_encoder_on_real_speech():
+    """One viseme per step, bilabials present in real speech, loudness in [0, 1] and blind to the gain once
+    the loudness reference has heard speech (before that, the reference's -60 dBFS floor decides)."""
+    samples = media.read_audio(shared_file("audio/obama_pd_en_33s.wav"), 16000)[: 10 * 16000]
+    feats = encode_audio("visemes", samples, 250, 25.0, AudioConfig())
+    assert feats.shape == (250, 2, len(VISEMES) + 1)
+    assert np.all(feats[..., :-1].sum(-1) == 1)
+    names = list(VISEMES)
+    assert feats[..., names.index("bilabial")].sum() >= 10
+    quiet = encode_audio("visemes", samples * 0.25, 250, 25.0, AudioConfig())
+    assert 0 <= feats[..., -1].min() and feats[..., -1].max() <= 1
+    heard = round(2.0 * 25)  # LOUDNESS_REF_S
+    assert np.abs(quiet[heard:, :, -1] - feats[heard:, :, -1]).max() < 0.02
+
+
+def test_speech_predicts_the_held_out_mouth(demo):
+    """Fitted on the training frames only, speech predicts the held-out opening far above chance; silence
+    closes the mouth and p/b/m close it more than open vowels do."""
+    subject, basis, codes, visemes = demo
+    model = SpeechToCode(visemes.shape[-1], MouthCodeConfig())
+    model.fit(visemes, codes, torch.as_tensor(subject.train_indices))
+    test = torch.as_tensor(subject.test_indices)
+    pred = model(visemes, test)
+    assert _corr(basis.opening(pred), basis.opening(codes[test])) > 0.5  # measured 0.68
+    shuffled = basis.opening(model(visemes, test.flip(0)))
+    assert _corr(shuffled, basis.opening(codes[test])) < 0.3
+    opening = basis.opening(model(visemes, torch.arange(len(visemes)))).numpy()
+    names = list(VISEMES)
+    kind = visemes[:, 0, :-1].argmax(-1).numpy()
+    tracked = basis.opening(codes).numpy()
+    closed = np.percentile(tracked[subject.train_indices], 25)
+    silence = torch.zeros_like(visemes[:40])
+    silence[..., names.index("silence")] = 1
+    quiet = basis.opening(model(silence, torch.arange(40))).numpy()
+    assert np.all(quiet[5:-5] < closed), (quiet, closed)
+    bilabial = opening[kind == names.index("bilabial")].mean()
+    vowels = opening[kind == names.index("open")].mean()
+    assert bilabial < vowels - 0.2 * (tracked.max() - tracked.min()), (bilabial, vowels)
+
+
+def test_another_persons_mouth_becomes_the_subjects_code(demo):
+    """Tracked in another person's video, the mouth opens and closes with that person's (MediaPipe's opening
+    of the same video) and stays within the subject's range of codes."""
+    from talkgs.eval.lipsync import mouth_openings
+    from talkgs.prepare.pipeline import track_face
+
+    _, basis, _, _ = demo
+    video = shared_file("video/feifeili_en_10s_256.mp4")
+    canonical = track_face(video, 25.0)
+    codes = basis.transfer(canonical)
+    assert torch.all(codes >= basis.low) and torch.all(codes <= basis.high)
+    reference = mouth_openings(video, (256, 256), 25.0)
+    n = min(len(codes), len(reference))
+    ok = np.isfinite(reference[:n])
+    assert _corr(basis.opening(codes[:n]).numpy()[ok], reference[:n][ok]) > 0.8
+
+
+@pytest.fixture(scope="module")
+def fitted_code(demo_subject, tmp_path_factory):
+    """The demo subject fitted with the tiny preset on the code path."""
+    from talkgs.train.config import FitConfig
+    from talkgs.train.trainer import Trainer
+    from talkgs.utils.config import load_section, merge
+
+    root = tmp_path_factory.mktemp("fitted_code") / "demo"
+    shutil.copytree(demo_subject[0], root, ignore=shutil.ignore_patterns("preview", "fit"))
+    cfg = merge(load_section(FitConfig, "tiny", "fit"), {"head": {"drive": "code", "audio_encoders": ["visemes"]}})
+    return root, Trainer(root, cfg).run()
+
+
+def test_code_fit_reports_and_renders_from_the_model_file(fitted_code, tmp_path):
+    """The fit reports how well speech predicts its held-out mouth; the model file alone renders speech
+    and another person's video, and a direct-path model refuses --drive with one line."""
+    root, report = fitted_code
+    assert report["mouth_code"]["components"] == 8 and report["mouth_code"]["opening_corr_test"] > 0.4
+    model = tmp_path / "model.safetensors"
+    shutil.copy(root / "fit" / "model.safetensors", model)
+    speech = shared_file("audio/radio_en_8s.wav")
+    assert main(["--quiet", "render", str(model), "--audio", str(speech), "-o", str(tmp_path / "a.mp4")]) == 0
+    driver = shared_file("video/retalk_mcguinness_en_5s_524.mp4")
+    assert main(["--quiet", "render", str(model), "--drive", str(driver), "-o", str(tmp_path / "v.mp4")]) == 0
+    info = media.probe_video(tmp_path / "v.mp4")
+    assert info.has_audio and abs(info.duration - 4.9) < 0.2
+
+
+def test_drive_video_moves_the_head_with_the_drivers_code(fitted_code):
+    """Driven by a video's tracked mouth, the head moves with the driver's code: seen from the same camera
+    with the eyes held open, the driver's most open and most closed frames render differently, and the
+    same code renders the same frame. (How closely the rendered mouth follows the driver's, measured by
+    MediaPipe on a cpu-preset fit: docs/lip_sync.md; a 64-px tiny fit is too coarse to show it.)"""
+    from talkgs.render.driver import DriveConfig, TalkingRenderer
+
+    root, _ = fitted_code
+    renderer = TalkingRenderer(root, DriveConfig(blink="none"), device="cpu")
+    codes = renderer.codes_from_video(shared_file("video/feifeili_en_10s_256.mp4"), 250)
+    opening = renderer.head.mouth_code.opening(codes)
+    assert float(opening.max() - opening.min()) > 0.01  # the driver's lips part by more than 1 cm
+    three = codes[[int(opening.argmax()), int(opening.argmin()), int(opening.argmax())]]  # [3, C]
+    frames = renderer.draw(renderer.deform(three, np.array([0, 1, 2])), np.array([0, 0, 0]))
+    assert np.abs(frames[0].astype(int) - frames[1].astype(int)).max() > 0
+    assert np.array_equal(frames[0], frames[2])
+
+
+def test_stream_of_a_code_model_stays_close_to_offline(fitted_code):
+    """A stream cannot wait for word recognition over the whole clip: it decodes phones alone (all-phone)
+    over a sliding second of audio, so its mouth differs from the offline render's on some frames. The
+    latency is the speech model's window, the decoder's second of context and a block of frames."""
+    from talkgs.render.driver import DriveConfig, TalkingRenderer
+
+    root, _ = fitted_code
+    renderer = TalkingRenderer(root, DriveConfig(blink="none"), device="cpu")
+    samples = media.read_audio(shared_file("audio/obama_pd_en_33s.wav"))[: 8 * 16000]
+    offline = list(renderer.frames(renderer.encode(samples)))
+    stream = renderer.stream()
+    assert stream.latency_frames == 5 + 25 + 4
+    streamed = []
+    for pos in range(0, len(samples), 1600):
+        streamed += stream.push(samples[pos:pos + 1600])
+    streamed += stream.close()
+    assert len(streamed) == len(offline) == 200
+    diff = np.array([np.abs(a.astype(int) - b.astype(int)).mean() for a, b in zip(streamed, offline)])
+    # Measured on the tiny code-path fit (64 px): median 0.03, 95th percentile 0.14, max 0.23 levels of 255.
+    assert np.median(diff) < 0.1 and np.percentile(diff, 95) < 0.5 and diff.max() < 2.0
+
+
+def test_local_error_check_finds_a_stray_spot(fitted_code):
+    """The check of ``talkgs eval`` flags a few-pixel spot that the motion adds to a real held-out frame,
+    forgives a 1-px shift of the whole picture, and passes the render as it is."""
+    from talkgs.data import schema
+    from talkgs.eval.evaluate import LOCAL_EXCESS_MAX, load_fitted, local_excess, render_frame
+
+    root, _ = fitted_code
+    model, frames = load_fitted(root, "cpu")
+    i = int(frames.test_indices[10])
+    with torch.no_grad():
+        batch, out = render_frame(model, frames, i)
+        still = render_frame(model, frames, i, motion=False)[1].image[0].clamp(0, 1)
+    moving = out.image[0].clamp(0, 1)
+    spotted = moving.clone()
+    ys, xs = torch.nonzero(batch.labels == schema.Label.FACE, as_tuple=True)
+    y, x = int(ys.float().mean()), int(xs.float().mean())
+    spotted[y - 1:y + 2, x - 1:x + 2] = torch.tensor([1.0, 0.0, 0.5])  # a 3x3 magenta spot on the cheek
+    assert local_excess(spotted, still, batch.image, batch.labels) > LOCAL_EXCESS_MAX
+    assert local_excess(still, still, batch.image, batch.labels) == 0.0
+    shifted = torch.roll(still, 1, dims=1)
+    assert local_excess(shifted, still, batch.image, batch.labels) < LOCAL_EXCESS_MAX / 2
+    assert local_excess(moving, still, batch.image, batch.labels) < LOCAL_EXCESS_MAX
+
+

@@ -1,0 +1,212 @@
+"""Lip sync against real mouths, both drive paths: the benchmark behind docs/lip_sync.md.
+
+    python tools/bench_lip_sync.py [--subjects demo,anchor] [--paths audio,code] [--work outputs/bench]
+                                   [--out docs/benchmarks/lip_sync.json] [--strip-driver noem_en_18s_256]
+
+For each subject (the demo clip in assets/, the 71 s anchor clip of ../shared/data) and each drive path
+(``audio``: TalkingGaussian's direct audio nets; ``code``: the mouth code and its speech model), it
+prepares and fits the subject with the cpu preset (skipped when WORK/<subject>_<path> holds a fit), then:
+
+- drives it with one real talking video of every other speaker in ../shared/data (their soundtracks
+  through the model's audio path) and compares the mouths MediaPipe sees in the render and in that
+  video (``talkgs eval --drive-ref``), each figure beside its chance level;
+- on the code path also drives it with those videos' tracked mouths (``talkgs render --drive``);
+- evaluates the held-out split self-driven (``talkgs eval``: mouth_open_corr, LMD, mouth and head PSNR,
+  each beside the same Gaussians without motion).
+
+For the first --strip-driver clip it also writes docs/images/lip_sync_<subject>_<path>_strip.png: the
+driver's real mouth above, the rendered mouth below, on the same frames (spread from its most closed to
+its most open).
+
+Train/test split: every fit trains on the first 10/11 of its clip; the held-out figures are on the
+last 1/11; the drivers are other people, never seen by the fit. The JSON keeps every per-clip figure
+and the per-frame openings; a markdown table is printed for docs/lip_sync.md.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import shutil
+import time
+from pathlib import Path
+
+import numpy as np
+
+ROOT = Path(__file__).resolve().parents[1]
+SHARED = ROOT.parent / "shared" / "data" / "video"
+SUBJECTS = {"demo": ROOT / "assets" / "obama2010_pd_en_20s_256.mp4", "anchor": SHARED / "anchor_en_71s_512.mp4"}
+#: Who speaks in each clip of ../shared/data/video: a subject is never driven by its own speaker.
+SPEAKER = {
+    "anchor_en_71s_512": "anchor", "feifeili_en_10s_256": "feifeili", "feifeili_en_15s_256": "feifeili",
+    "hdtf_katiehill_8s_512": "katiehill", "noem_en_18s_256": "noem", "obama2010_pd_en_20s_256": "obama",
+    "obama_diwali_pd_en_30s_256": "obama", "obama_pd_8s_960x540": "obama", "reagan_pd_en_26s_256": "reagan",
+    "retalk_anchor_f_en_7s_700": "anchor_f", "retalk_mcguinness_en_5s_524": "mcguinness",
+    "retalk_swalwell_en_5s_844": "swalwell",
+}
+SUBJECT_SPEAKER = {"demo": "obama", "anchor": "anchor"}
+#: Fit settings per drive path, over the cpu preset.
+PATH_OVERRIDES = {"audio": {}, "code": {"head": {"drive": "code", "audio_encoders": ["visemes"]}}}
+
+
+def drivers(subject: str) -> list[Path]:
+    """The longest clip of every speaker other than the subject's."""
+    from talkgs.utils import media
+
+    best: dict[str, tuple[float, Path]] = {}
+    for clip in sorted(SHARED.glob("*.mp4")):
+        speaker = SPEAKER.get(clip.stem)
+        if speaker is None or speaker == SUBJECT_SPEAKER[subject]:
+            continue
+        duration = media.probe_video(clip).duration
+        if speaker not in best or duration > best[speaker][0]:
+            best[speaker] = (duration, clip)
+    return [best[s][1] for s in sorted(best)]
+
+
+def fitted_subject(subject: str, path: str, work: Path, seed: int) -> tuple[Path, dict]:
+    """WORK/<subject>_<path>[_s<seed>], prepared and fitted with the cpu preset (reused when fitted)."""
+    from talkgs.data import schema
+    from talkgs.prepare.config import PrepareConfig
+    from talkgs.prepare.pipeline import prepare
+    from talkgs.train.config import FitConfig
+    from talkgs.train.trainer import Trainer
+    from talkgs.utils.config import load_section, merge
+
+    prepared = work / f"{subject}_prepared"
+    if not (prepared / schema.MANIFEST).is_file():
+        prepare(SUBJECTS[subject], prepared, load_section(PrepareConfig, "cpu", "prepare"), force=True)
+    root = work / (f"{subject}_{path}" + ("" if seed == 0 else f"_s{seed}"))
+    if not (root / schema.MODEL).is_file():
+        shutil.rmtree(root, ignore_errors=True)
+        shutil.copytree(prepared, root, ignore=shutil.ignore_patterns("fit", "preview"))
+        cfg = merge(load_section(FitConfig, "cpu", "fit"), {**PATH_OVERRIDES[path], "seed": seed})
+        start = time.perf_counter()
+        Trainer(root, cfg, force=True).run()
+        (root / "bench_fit_seconds.txt").write_text(f"{time.perf_counter() - start:.0f}\n")
+    return root, json.loads((root / schema.FIT_REPORT).read_text())
+
+
+def mouth_strip(root: Path, video: Path, out: Path, frames: int = 10, zoom: int = 3) -> None:
+    """The driver's mouth above, the render's (driven by its soundtrack) below, on the same frames."""
+    import cv2
+    import torch
+
+    from talkgs.eval.landmark_metrics import DETECT_SIZE, track_landmarks
+    from talkgs.eval.lipsync import mouth_openings
+    from talkgs.prepare import topology as topo
+    from talkgs.render.driver import TalkingRenderer, read_speech
+    from talkgs.utils import media
+
+    renderer = TalkingRenderer(root)
+    samples = read_speech(video)
+    n = renderer.num_frames(samples)
+    info = media.probe_video(video)
+    opening = mouth_openings(video, (info.width, info.height), renderer.fps)[:n]
+    valid = np.flatnonzero(np.isfinite(opening))
+    order = valid[np.argsort(opening[valid], kind="stable")]
+    picks = np.sort(order[np.linspace(0, len(order) - 1, frames).round().astype(int)])
+    with torch.no_grad():
+        rendered = renderer.render_batch(renderer.encode(samples, n), picks)
+    real = [f for i, f in enumerate(media.read_frames(video, (info.width, info.height), fps=renderer.fps))
+            if i in set(picks.tolist())]
+    rows = []
+    for images in (real, rendered):
+        tiles = []
+        for image, pts in zip(images, track_landmarks(images)):
+            lips = pts[list(topo.LIPS_OUTER)] * image.shape[0] / DETECT_SIZE  # [20, 2] in image pixels
+            found = bool(np.isfinite(lips).all())
+            cx, cy = np.nanmean(lips, 0).round().astype(int) if found else (image.shape[1] // 2, image.shape[0] // 2)
+            # A box twice as wide as tall, 1.8 lip widths across: the lips, the chin's top and the teeth.
+            half = max(4, int(0.9 * np.ptp(lips[:, 0]))) if found else image.shape[0] // 6
+            crop = image[max(0, cy - half // 2): cy + half // 2, max(0, cx - half): cx + half]
+            tiles.append(cv2.resize(crop, (48 * zoom, 24 * zoom), interpolation=cv2.INTER_AREA))
+        rows.append(np.concatenate(tiles, 1))
+    out.parent.mkdir(parents=True, exist_ok=True)
+    cv2.imwrite(str(out), cv2.cvtColor(np.concatenate(rows, 0), cv2.COLOR_RGB2BGR))
+
+
+def _summary(rows: list[dict], key: str) -> float | None:
+    values = [r[key] for r in rows if r.get(key) is not None]
+    return round(float(np.median(values)), 3) if values else None
+
+
+def run_one(subject: str, path: str, work: Path, seed: int, strip_driver: str | None = None) -> dict:
+    from talkgs.eval.drive_ref import evaluate_drive_ref
+    from talkgs.eval.evaluate import evaluate
+
+    root, fit_report = fitted_subject(subject, path, work, seed)
+    held_out = evaluate(root, root / "bench_eval.json", root / "bench_eval.mp4")
+    result: dict = {"subject": subject, "path": path, "seed": seed, "fit": str(root),
+                    "fit_seconds": float((root / "bench_fit_seconds.txt").read_text()) if
+                    (root / "bench_fit_seconds.txt").is_file() else None,
+                    "held_out": held_out, "mouth_code": fit_report.get("mouth_code"), "drive": {}}
+    for mode in ("audio", "video") if path == "code" else ("audio",):
+        rows = []
+        for video in drivers(subject):
+            r = evaluate_drive_ref(root, video, drive=mode)
+            rows.append({**{k: v for k, v in r.items() if k != "config"}, "video": video.stem})
+            print(f"{subject} {path} {mode} {video.stem}: aperture {r['aperture_corr']} at {r['lag_frames']:+d} "
+                  f"(chance {r['chance']['aperture_corr']}), closures recall {r['closure_recall']} precision "
+                  f"{r['closure_precision']}", flush=True)
+        if mode == "audio" and strip_driver:
+            mouth_strip(root, SHARED / f"{strip_driver}.mp4",
+                        ROOT / "docs" / "images" / f"lip_sync_{subject}_{path}_strip.png")
+        result["drive"][mode] = {
+            "clips": rows,
+            "median": {k: _summary(rows, k) for k in ("aperture_corr", "lag_frames", "closure_recall",
+                                                      "closure_precision", "bilabial_closure",
+                                                      "bilabial_closure_reference")},
+            "median_chance": {k: _summary([r["chance"] for r in rows], k) for k in
+                              ("aperture_corr", "closure_recall", "closure_precision")},
+        }
+    return result
+
+
+def table(results: list[dict]) -> str:
+    """The markdown table of docs/lip_sync.md."""
+    lines = ["| subject | path | driven by | aperture corr (chance) | lag | closure recall (chance) | "
+             "closure precision (chance) | p/b/m closed (real footage) | held-out mouth_open_corr (no motion) | "
+             "LMD px (no motion) | mouth PSNR (no motion) | head PSNR (no motion) |", "|" + "---|" * 12]
+    for r in results:
+        h, still = r["held_out"], r["held_out"].get("no_motion") or {}
+        for mode, d in r["drive"].items():
+            m, c = d["median"], d["median_chance"]
+            lines.append(
+                f"| {r['subject']} | {r['path']} | {'speech' if mode == 'audio' else 'tracked mouth'} "
+                f"({len(d['clips'])} speakers) | {m['aperture_corr']} ({c['aperture_corr']}) | {m['lag_frames']} | "
+                f"{m['closure_recall']} ({c['closure_recall']}) | "
+                f"{m['closure_precision']} ({c['closure_precision']}) | "
+                f"{m['bilabial_closure']} ({m['bilabial_closure_reference']}) | "
+                f"{h.get('mouth_open_corr')} ({still.get('mouth_open_corr')}) | {h.get('lmd_px')} "
+                f"({still.get('lmd_px')}) | {h.get('psnr_mouth')} ({still.get('psnr_mouth')}) | "
+                f"{h.get('psnr_head')} ({still.get('psnr_head')}) |")
+    return "\n".join(lines)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--subjects", default="demo,anchor")
+    ap.add_argument("--paths", default="audio,code")
+    ap.add_argument("--seeds", default="0", help="comma-separated fit seeds (stability: 0,1,2)")
+    ap.add_argument("--work", type=Path, default=ROOT / "outputs" / "bench")
+    ap.add_argument("--out", type=Path, default=ROOT / "docs" / "benchmarks" / "lip_sync.json")
+    ap.add_argument("--strip-driver", default="noem_en_18s_256", help="clip stem of the mouth strip ('' for none)")
+    args = ap.parse_args()
+    if not SHARED.is_dir():
+        raise SystemExit(f"needs the real footage in {SHARED}")
+    args.work.mkdir(parents=True, exist_ok=True)
+    results = []
+    for subject in args.subjects.split(","):
+        for path in args.paths.split(","):
+            for seed in (int(s) for s in args.seeds.split(",")):
+                results.append(run_one(subject, path, args.work, seed, args.strip_driver if seed == 0 else None))
+                args.out.parent.mkdir(parents=True, exist_ok=True)
+                args.out.write_text(json.dumps({"command": "python tools/bench_lip_sync.py " + " ".join(
+                    f"--{k} {v}" for k, v in (("subjects", args.subjects), ("paths", args.paths),
+                                               ("seeds", args.seeds))), "results": results}, indent=1))
+    print(table(results))
+
+
+if __name__ == "__main__":
+    main()
