@@ -3,8 +3,8 @@
 The experiments of docs/talking_head.md change one field of the motion stages at a time; refitting the
 static head for each would add minutes and its own run-to-run noise. This copies SUBJECT_DIR's prepared
 files to OUT_DIR, takes the face Gaussians of SUBJECT_DIR's fit (the static stage's geometry; the motion
-stages retrain only their colours and opacities), initialises a new mouth branch and networks, and runs every stage after
-``static`` of the preset, with an optional YAML override of the ``fit`` section. OUT_DIR can then be
+stages retrain only their colours and opacities), initialises a new mouth branch and networks, and runs
+every stage after ``static`` of the preset, with an optional YAML override of the ``fit`` section. OUT_DIR can then be
 scored with ``talkgs eval OUT_DIR``.
 
     python tools/refit_motion.py demo demo_mel4 --preset cpu --override mel4.yaml

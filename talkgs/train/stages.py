@@ -103,8 +103,8 @@ class Stage:
         ``training``: the picture the loss sees, without the layers the stage leaves out while training
         (``face_layer``); otherwise every layer, as evaluation and validation show it.
         ``motion``: False renders the fitted Gaussians without their motion fields (evaluation's baseline).
-        ``sh_degree``: the SH bands of the Gaussians this stage trains (its warm-up schedule); Gaussians
-        it does not train are fitted already and always show all their bands.
+        ``sh_degree``: the SH bands of the Gaussians this stage fits from scratch (its warm-up schedule,
+        ``warm_up_sh``); Gaussians fitted already always show all their bands.
         """
         ctx, head = self.ctx, self.head
         trained = self.gaussians() if self.warm_up_sh else None
