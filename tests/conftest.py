@@ -28,6 +28,21 @@ def ffmpeg(*args: str) -> None:
     subprocess.run([ffmpeg_exe(), "-nostdin", "-v", "error", "-y", *args], check=True)
 
 
+def stream_in_chunks(stream, samples, chunk: int) -> list:
+    """Every frame a ``TalkingRenderer.stream()`` returns for ``samples`` pushed ``chunk`` at a time, then closed."""
+    frames = []
+    for pos in range(0, len(samples), chunk):
+        frames += stream.push(samples[pos:pos + chunk])
+    return frames + stream.close()
+
+
+def mean_abs_diffs(a: list, b: list):
+    """[T] mean absolute difference (levels of 255) of two equally long lists of uint8 frames."""
+    import numpy as np
+
+    return np.array([np.abs(x.astype(int) - y.astype(int)).mean() for x, y in zip(a, b)])
+
+
 def tiny_config(**prepare_overrides) -> PrepareConfig:
     from talkgs.utils.config import merge
 

@@ -8,7 +8,7 @@ import shutil
 import numpy as np
 import pytest
 import torch
-from conftest import shared_file
+from conftest import mean_abs_diffs, shared_file, stream_in_chunks
 
 from talkgs.cli.main import main
 from talkgs.data.subject import Subject
@@ -163,12 +163,9 @@ def test_stream_of_a_code_model_stays_close_to_offline(fitted_code):
     offline = list(renderer.frames(renderer.encode(samples)))
     stream = renderer.stream()
     assert stream.latency_frames == 5 + 25 + 4
-    streamed = []
-    for pos in range(0, len(samples), 1600):
-        streamed += stream.push(samples[pos:pos + 1600])
-    streamed += stream.close()
+    streamed = stream_in_chunks(stream, samples, 1600)
     assert len(streamed) == len(offline) == 200
-    diff = np.array([np.abs(a.astype(int) - b.astype(int)).mean() for a, b in zip(streamed, offline)])
+    diff = mean_abs_diffs(streamed, offline)
     # Measured on the tiny code-path fit (64 px): median 0.03, 95th percentile 0.14, max 0.23 levels of 255.
     assert np.median(diff) < 0.1 and np.percentile(diff, 95) < 0.5 and diff.max() < 2.0
 

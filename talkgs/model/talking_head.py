@@ -160,7 +160,7 @@ class TalkingHead(nn.Module):
         return self.speech(features, index)
 
     def face_deltas(self, features: Tensor, index: Tensor, expression: Tensor,
-                    points: Tensor | None = None) -> MotionDeltas:
+                    points: Tensor | None = None, signal: Tensor | None = None) -> MotionDeltas:
         """Face offsets at the face Gaussians, or at ``points`` [M, 3] (canonical positions) when given.
 
         Args:
@@ -169,15 +169,16 @@ class TalkingHead(nn.Module):
             expression: [E] that frame's ``cfg.expression`` channels (offsets [N, ...]), or [B, E] for
                 the B frames (offsets [B, N, ...]).
         """
-        audio = self.signal(features, index, "face")  # [B, A]
+        audio = self.signal(features, index, "face") if signal is None else signal  # [B, A]
         if expression.ndim == 1:
             audio = audio[0]
         expr = (expression - self.expr_mean) / self.expr_std
         return self.face_motion(self.face.params["means"].detach() if points is None else points, audio, expr)
 
-    def mouth_deltas(self, features: Tensor, index: Tensor) -> MotionDeltas:
+    def mouth_deltas(self, features: Tensor, index: Tensor, signal: Tensor | None = None) -> MotionDeltas:
         """Mouth offsets (d_means [B, M, 3]) of frames ``index`` [B] of ``features`` (``signal``)."""
-        return self.mouth_motion(self.mouth.params["means"].detach(), self.signal(features, index, "mouth"))
+        audio = self.signal(features, index, "mouth") if signal is None else signal  # [B, A]
+        return self.mouth_motion(self.mouth.params["means"].detach(), audio)
 
     def deform(
         self,
@@ -198,8 +199,11 @@ class TalkingHead(nn.Module):
         b = index.shape[0]
         face_motion = face_motion and features is not None
         mouth_motion = mouth_motion and features is not None
-        face_d = self.face_deltas(features, index, expression) if face_motion else None
-        mouth_d = self.mouth_deltas(features, index) if mouth_motion else None
+        # On the code path both branches follow the same code: predict it once.
+        shared = self.signal(features, index, "face") if self.cfg.drive == "code" and (face_motion or mouth_motion) \
+            else None
+        face_d = self.face_deltas(features, index, expression, signal=shared) if face_motion else None
+        mouth_d = self.mouth_deltas(features, index, signal=shared) if mouth_motion else None
         return Deformation(
             face=_still(self.face, b) if face_d is None else apply_deltas(self.face, face_d),
             mouth=_still(self.mouth, b) if mouth_d is None else apply_deltas(self.mouth, mouth_d),
