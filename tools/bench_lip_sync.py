@@ -28,7 +28,6 @@ from __future__ import annotations
 import argparse
 import json
 import shutil
-import time
 from pathlib import Path
 
 import numpy as np
@@ -78,12 +77,13 @@ def fitted_subject(subject: str, path: str, work: Path, seed: int) -> tuple[Path
         prepare(SUBJECTS[subject], prepared, load_section(PrepareConfig, "cpu", "prepare"), force=True)
     root = work / (f"{subject}_{path}" + ("" if seed == 0 else f"_s{seed}"))
     if not (root / schema.MODEL).is_file():
-        shutil.rmtree(root, ignore_errors=True)
-        shutil.copytree(prepared, root, ignore=shutil.ignore_patterns("fit", "preview"))
+        # An interrupted benchmark fit continues where it stopped (the stages' times survive in its report).
+        resume = (root / schema.CHECKPOINT).is_file()
+        if not resume:
+            shutil.rmtree(root, ignore_errors=True)
+            shutil.copytree(prepared, root, ignore=shutil.ignore_patterns("fit", "preview"))
         cfg = merge(load_section(FitConfig, "cpu", "fit"), {**PATH_OVERRIDES[path], "seed": seed})
-        start = time.perf_counter()
-        Trainer(root, cfg, force=True).run()
-        (root / "bench_fit_seconds.txt").write_text(f"{time.perf_counter() - start:.0f}\n")
+        Trainer(root, cfg, resume=resume, force=not resume).run()
     return root, json.loads((root / schema.FIT_REPORT).read_text())
 
 
@@ -138,8 +138,7 @@ def run_one(subject: str, path: str, work: Path, seed: int, strip_driver: str | 
     root, fit_report = fitted_subject(subject, path, work, seed)
     held_out = evaluate(root, root / "bench_eval.json", root / "bench_eval.mp4")
     result: dict = {"subject": subject, "path": path, "seed": seed, "fit": str(root),
-                    "fit_seconds": float((root / "bench_fit_seconds.txt").read_text()) if
-                    (root / "bench_fit_seconds.txt").is_file() else None,
+                    "fit_seconds": round(sum(s.get("seconds", 0.0) for s in fit_report["stages"].values())),
                     "held_out": held_out, "mouth_code": fit_report.get("mouth_code"), "drive": {}}
     for mode in ("audio", "video") if path == "code" else ("audio",):
         rows = []
