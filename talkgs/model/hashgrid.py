@@ -7,8 +7,13 @@ Each level ``l`` of a :class:`HashGrid2D` splits [0, 1]^2 into ``R_l x R_l`` cel
 with the per-level scale ``s`` growing the resolution geometrically from ``base_resolution`` to ``max_resolution``.
 A point's feature at a level is the bilinear interpolation of the embeddings at its cell's 4 corners. A corner's
 row in the level's table of ``T`` rows is ``ix + iy (R_l + 1)`` when all ``(R_l + 1)^2`` vertices fit (dense) and
-the spatial hash ``(ix * 1 xor iy * 2654435761) mod T`` otherwise. The CUDA kernels in ``cuda_ext/hashgrid`` use
-the same indexing and weights; the PyTorch path here is the reference.
+the spatial hash ``(ix * 1 xor iy * 2654435761) mod T`` otherwise.
+
+Three implementations compute this, chosen by ``impl``: the PyTorch reference :func:`hashgrid2d_torch` ("torch"),
+the compiled C++/OpenMP CPU kernel ``talkgs/csrc/hashgrid.cpp`` ("cpu", built on first use by
+:func:`talkgs.utils.cpu_ext.load_cpu_ext`, differentiable w.r.t. the embeddings and the points) and the CUDA
+kernels in ``cuda_ext/hashgrid`` ("cuda", embeddings gradient only). The kernels use the same indexing and weights
+and are tested against the reference; "auto" picks a kernel when it applies and builds, else the reference.
 """
 
 from __future__ import annotations
@@ -21,9 +26,10 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from talkgs.model._ext import load_hashgrid_ext
+from talkgs.utils.cpu_ext import load_cpu_ext
 
 HASH_PRIME_Y = 2654435761  # the x prime is 1
-IMPLS = ("auto", "torch", "cuda")
+IMPLS = ("auto", "torch", "cuda", "cpu")
 # (dx, dy) of the 4 cell corners, in the order the bilinear weights below and the CUDA kernel use.
 _CORNERS = ((0, 0), (1, 0), (0, 1), (1, 1))
 
@@ -105,8 +111,35 @@ class _HashGrid2DCuda(torch.autograd.Function):
         return None, grad_emb, None, None
 
 
+class _HashGrid2DCpu(torch.autograd.Function):
+    """The compiled CPU kernels (``talkgs/csrc/hashgrid.cpp``) as an autograd op, differentiable w.r.t. the
+    embeddings and ``xy``, with the gradients autograd gives :func:`hashgrid2d_torch`."""
+
+    @staticmethod
+    def forward(ctx, xy: Tensor, embeddings: Tensor, resolutions: Tensor, ext) -> Tensor:
+        ctx.save_for_backward(xy, embeddings, resolutions)  # the xy gradient reads the corner embeddings
+        ctx.ext = ext
+        return ext.forward(xy, embeddings, resolutions)
+
+    @staticmethod
+    @torch.autograd.function.once_differentiable
+    def backward(ctx, grad_out: Tensor):
+        need_xy, need_emb = ctx.needs_input_grad[0], ctx.needs_input_grad[1]
+        if not (need_xy or need_emb):
+            return None, None, None, None
+        xy, embeddings, resolutions = ctx.saved_tensors
+        grad_emb, grad_xy = ctx.ext.backward(grad_out.float().contiguous(), xy, embeddings, resolutions, need_xy)
+        return (grad_xy if need_xy else None), (grad_emb if need_emb else None), None, None
+
+
 class HashGrid2D(nn.Module):
-    """Multi-resolution 2D hash-grid encoding: points in [0, 1]^2 (clamped) -> [N, levels * features]."""
+    """Multi-resolution 2D hash-grid encoding: points in [0, 1]^2 (clamped) -> [N, levels * features].
+
+    ``impl``: "torch" (the PyTorch reference), "cpu" (the compiled CPU kernel; CPU inputs only), "cuda" (the CUDA
+    kernels; CUDA inputs, no gradient w.r.t. ``xy``) or "auto" (the CUDA kernels for CUDA inputs that need no
+    gradient, the CPU kernel for CPU inputs, the reference otherwise). A kernel that cannot be built (no compiler,
+    a failed build, ``TALKGS_CPU_KERNELS=0`` for the CPU one) leaves the reference running, after one warning line.
+    """
 
     def __init__(
         self,
@@ -137,11 +170,26 @@ class HashGrid2D(nn.Module):
         ext = self._cuda_ext(xy)
         if ext is not None:
             return _HashGrid2DCuda.apply(xy.contiguous(), self.embeddings, self.resolutions, ext)
+        ext = self._cpu_ext(xy)
+        if ext is not None:
+            return _HashGrid2DCpu.apply(xy.contiguous(), self.embeddings.contiguous(), self.resolutions, ext)
         return hashgrid2d_torch(xy, self.embeddings, self.resolutions)
+
+    def _cpu_ext(self, xy: Tensor):
+        """The compiled CPU module when this call should run the CPU kernel, else None."""
+        on_cpu = not xy.is_cuda and self.embeddings.device.type == "cpu"
+        if self.impl == "cpu":
+            if not on_cpu:
+                raise ValueError(f"impl='cpu' needs CPU inputs and embeddings, got xy on {xy.device}")
+            if self.embeddings.dtype != torch.float32:
+                raise ValueError(f"impl='cpu' needs float32 embeddings, got {self.embeddings.dtype}")
+        elif self.impl != "auto" or not on_cpu or self.embeddings.dtype != torch.float32:
+            return None
+        return load_cpu_ext("hashgrid")  # built on the first call, cached; None falls back to the reference
 
     def _cuda_ext(self, xy: Tensor):
         """The extension module when this call should run the CUDA kernels, else None."""
-        if self.impl == "torch":
+        if self.impl in ("torch", "cpu"):
             return None
         if self.impl == "cuda":
             if not xy.is_cuda:
@@ -157,8 +205,9 @@ class TriPlaneHashEncoding(nn.Module):
     """Features of 3D points from 2D hash grids over their xy, yz and xz planes: [N, 3] -> [N, 3 * L * F].
 
     Points are mapped from the cube ``[-bound, bound]^3`` to ``[0, 1]^3``; those outside are clamped to its faces.
-    ``impl``: "torch", "cuda", or "auto" (the CUDA kernels when the input is on CUDA, needs no gradient and the
-    extension builds; otherwise PyTorch).
+    ``impl``: "torch", "cpu", "cuda" or "auto", as for :class:`HashGrid2D`: "auto" runs the CUDA kernels when the
+    input is on CUDA and needs no gradient, the compiled CPU kernel when it is on the CPU, each when its extension
+    builds, and PyTorch otherwise.
     """
 
     PLANES = ((0, 1), (1, 2), (0, 2))  # xy, yz, xz

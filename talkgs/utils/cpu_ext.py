@@ -1,0 +1,57 @@
+"""Compiled CPU kernels (``talkgs/csrc/<name>.cpp``), built on first use and cached.
+
+Why C++/OpenMP through ``torch.utils.cpp_extension`` rather than numba: the kernels take and return torch
+tensors without copies, slot into ``torch.autograd.Function`` the way gsplat's CUDA kernels do, need no extra
+runtime dependency (a C++ compiler is enough; torch ships the headers), and OpenMP splits tiles and points over
+the cores. The first call compiles (about a minute; torch caches the build under ``TORCH_EXTENSIONS_DIR``, keyed
+by the sources), later calls and processes reuse it.
+
+Every kernel has a PyTorch twin that computes the same thing and is tested against it. Without a compiler, when
+the build fails, or with ``TALKGS_CPU_KERNELS=0`` in the environment, the twin runs instead, and one line says so.
+"""
+
+from __future__ import annotations
+
+import functools
+import os
+import shutil
+from pathlib import Path
+from types import ModuleType
+
+from talkgs.utils import log
+
+SOURCE_DIR = Path(__file__).resolve().parents[1] / "csrc"
+ENV_SWITCH = "TALKGS_CPU_KERNELS"  # "0": always use the PyTorch twins
+
+
+def _missing_requirement(name: str) -> str | None:
+    """Why ``name`` cannot be built here, or None when it can be tried."""
+    if os.environ.get(ENV_SWITCH, "1") == "0":
+        return f"{ENV_SWITCH}=0"
+    if shutil.which(os.environ.get("CXX", "c++")) is None:
+        return "no C++ compiler (c++) found"
+    if not (SOURCE_DIR / f"{name}.cpp").is_file():
+        return f"sources missing in {SOURCE_DIR}"
+    return None
+
+
+@functools.cache
+def load_cpu_ext(name: str) -> ModuleType | None:
+    """The compiled module ``talkgs_cpu_<name>`` from ``talkgs/csrc/<name>.cpp``, or None (after one line on stderr
+    saying why) when it cannot be built; callers then run the PyTorch twin."""
+    reason = _missing_requirement(name)
+    if reason is None:
+        from torch.utils.cpp_extension import load
+
+        try:
+            # No -ffast-math: the kernels must agree with their twins, and NaN/inf checks must keep working.
+            # -fno-trapping-math changes no result; without it GCC will not vectorise a loop with selects.
+            return load(name=f"talkgs_cpu_{name}", sources=[str(SOURCE_DIR / f"{name}.cpp")],
+                        extra_cflags=["-O3", "-fopenmp", "-march=native", "-fno-trapping-math"],
+                        extra_ldflags=["-fopenmp"],
+                        verbose=False)
+        except Exception as exc:  # a failed build must not stop the user: the twin computes the same
+            lines = str(exc).strip().splitlines()
+            reason = f"build failed: {lines[-1] if lines else type(exc).__name__}"
+    log.warn(f"compiled CPU kernels '{name}' unavailable ({reason}); using the slower PyTorch version")
+    return None
