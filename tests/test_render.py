@@ -265,7 +265,7 @@ def test_isotropic_gaussian_head_on(dtype):
 
 def test_output_and_info_contract():
     scene = _with_grad({k: v.float() if isinstance(v, torch.Tensor) else v for k, v in _random_scene(7).items()})
-    out = _render(scene)  # auto: torch on the CPU
+    out = _render(scene)  # auto: the compiled kernels on the CPU
     n = scene["means"].shape[0]
     assert isinstance(out, RenderOutput)
     assert out.image.shape == (32, 40, 3) and out.alpha.shape == (32, 40, 1) and out.depth.shape == (32, 40, 1)

@@ -1,7 +1,8 @@
 """Rendering: differentiable Gaussian rasterization and the talking head's one forward pass.
 
-``rasterize`` renders 3D Gaussians into one camera with a pure-PyTorch backend (CPU or CUDA) or
-gsplat's CUDA kernels; both follow gsplat's classic conventions, documented in
+``rasterize`` renders 3D Gaussians into one camera with a pure-PyTorch backend (CPU or CUDA), compiled
+CPU kernels (C++/OpenMP, built on first use) or gsplat's CUDA kernels; all follow gsplat's classic
+conventions, documented in
 :mod:`talkgs.render.rasterizer`. ``render_frames`` (:mod:`talkgs.render.forward`) deforms, rasterizes
 and composites B frames of a talking head: training, evaluation, ``talkgs render`` and the viewer all
 draw through it. Importing this package does not import gsplat.

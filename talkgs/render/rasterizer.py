@@ -57,9 +57,10 @@ from dataclasses import dataclass, field
 import torch
 from torch import Tensor
 
+from talkgs.render._cpu_backend import cpu_kernels, rasterize_cpu
 from talkgs.render._torch_backend import EPS2D, rasterize_torch
 
-BACKENDS = ("auto", "torch", "gsplat")
+BACKENDS = ("auto", "torch", "cpu", "gsplat")
 _SH_SIZES = {1: 0, 4: 1, 9: 2}  # number of SH coefficients -> degree
 
 
@@ -110,8 +111,10 @@ def rasterize(
         K: [3, 3] intrinsics.
         width, height: image size in pixels.
         background: [3] colour behind the Gaussians; None is black.
-        backend: "torch" (pure PyTorch, any device, float32 or float64), "gsplat" (gsplat's CUDA kernels,
-            float32 CUDA inputs), or "auto": gsplat for float32 inputs on a CUDA device, else torch.
+        backend: "torch" (pure PyTorch, any device, float32 or float64), "cpu" (compiled C++/OpenMP
+            kernels, float32 CPU inputs, built on first use), "gsplat" (gsplat's CUDA kernels, float32 CUDA
+            inputs), or "auto": gsplat for float32 CUDA inputs, the compiled kernels for float32 CPU inputs
+            (when they build here), else torch. All give the same pictures and gradients.
         sh_degree: with SH colours, the number of bands used minus one (<= the degree K holds);
             None uses all of them. Must be None with RGB colours.
         near_plane, far_plane: Gaussians whose camera z is outside [near_plane, far_plane] are culled.
@@ -123,23 +126,36 @@ def rasterize(
 
     Raises:
         ValueError: bad shapes, dtypes, devices or arguments (the message shows the bad value).
-        RuntimeError: backend="gsplat" without CUDA.
+        RuntimeError: backend="gsplat" without CUDA, backend="cpu" where the kernels cannot be built.
     """
     degree = _check_inputs(means, quats, scales, opacities, colors, viewmat, K, width, height, background,
                            sh_degree, near_plane, far_plane)
     if backend not in BACKENDS:
         raise ValueError(f"backend must be one of {BACKENDS}, got {backend!r}")
     width, height = int(width), int(height)  # numpy integers are accepted too
+    float32 = means.dtype == torch.float32
     if backend == "auto":
-        on_gpu = means.device.type == "cuda" and means.dtype == torch.float32
-        backend = "gsplat" if on_gpu and has_gsplat_cuda() else "torch"
+        if means.device.type == "cuda":
+            backend = "gsplat" if float32 and has_gsplat_cuda() else "torch"
+        else:
+            backend = "cpu" if float32 and cpu_kernels() is not None else "torch"
     if backend == "gsplat":
         return _rasterize_gsplat(means, quats, scales, opacities, colors, viewmat, K, width, height, background,
                                  degree, near_plane, far_plane)
     if background is None:
         background = means.new_zeros(3)
-    image, alpha, depth, info = rasterize_torch(means, quats, scales, opacities, colors, viewmat, K, width, height,
-                                                background, degree, near_plane, far_plane)
+    args = (means, quats, scales, opacities, colors, viewmat, K, width, height, background, degree, near_plane,
+            far_plane)
+    if backend == "cpu":
+        if means.device.type != "cpu" or not float32:
+            raise ValueError(f"backend='cpu' needs float32 CPU tensors, got {means.dtype} on {means.device}")
+        ext = cpu_kernels()
+        if ext is None:
+            raise RuntimeError("backend='cpu' needs the compiled CPU kernels, which cannot be built here; "
+                               "use backend='torch'")
+        image, alpha, depth, info = rasterize_cpu(ext, *args)
+    else:
+        image, alpha, depth, info = rasterize_torch(*args)
     return RenderOutput(image=image, alpha=alpha, depth=depth, info=info)
 
 

@@ -1,0 +1,110 @@
+"""The rasterizer on compiled CPU kernels (``talkgs/csrc/rasterize.cpp``): the twin of ``_torch_backend``.
+
+Same three stages, same conventions, same outputs: the projection and the compositing are autograd functions
+around the C++ forward and backward kernels, the tile binning has no gradient. Colours (SH evaluation) and the
+depth channel are made exactly as in the PyTorch backend. float32 only; a camera that needs gradients goes to
+the PyTorch projection (the kernels hold the camera fixed).
+"""
+
+from __future__ import annotations
+
+from types import ModuleType
+
+import torch
+from torch import Tensor
+from torch.autograd.function import once_differentiable
+
+from talkgs.render._torch_backend import ALPHA_MIN, Projection, TileBins, _eval_sh, _project
+from talkgs.utils.cpu_ext import load_cpu_ext
+
+
+def cpu_kernels() -> ModuleType | None:
+    """The compiled rasterizer module (built on first use), or None when it cannot be built here."""
+    return load_cpu_ext("rasterize")
+
+
+class _ProjectCpu(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, means, quats, scales, opacities, viewmat, K, width, height, near_plane, far_plane, ext):
+        means2d, conics, depths, radii, extents = ext.project_forward(
+            means.contiguous(), quats.contiguous(), scales.contiguous(), opacities.detach().contiguous(),
+            viewmat.contiguous(), K.contiguous(), width, height, near_plane, far_plane)
+        ctx.save_for_backward(means, quats, scales, viewmat, K, radii)
+        ctx.size, ctx.ext = (width, height), ext
+        ctx.mark_non_differentiable(radii, extents)
+        return means2d, conics, depths, radii, extents
+
+    @staticmethod
+    @once_differentiable
+    def backward(ctx, v_means2d, v_conics, v_depths, _v_radii, _v_extents):
+        means, quats, scales, viewmat, K, radii = ctx.saved_tensors
+        v_means, v_quats, v_scales = ctx.ext.project_backward(
+            means.contiguous(), quats.contiguous(), scales.contiguous(), viewmat.contiguous(), K.contiguous(),
+            *ctx.size, radii, v_means2d.contiguous(), v_conics.contiguous(), v_depths.contiguous())
+        return v_means, v_quats, v_scales, None, None, None, None, None, None, None, None
+
+
+class _CompositeCpu(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, means2d, conics, colors, opacities, background, radii, bins: TileBins, width, height, ext):
+        args = (means2d.contiguous(), conics.contiguous(), colors.contiguous(), opacities.contiguous(), radii)
+        out, alpha = ext.composite_forward(*args, background.contiguous(), bins.ids, bins.offsets, bins.counts,
+                                           width, height)
+        ctx.save_for_backward(*args, out, alpha)
+        ctx.bins, ctx.size, ctx.ext = bins, (width, height), ext
+        return out, alpha
+
+    @staticmethod
+    @once_differentiable
+    def backward(ctx, v_out, v_alpha):
+        means2d, conics, colors, opacities, radii, out, alpha = ctx.saved_tensors
+        bins, c = ctx.bins, colors.shape[1]
+        rows = ctx.ext.composite_backward(means2d, conics, colors, opacities, radii, bins.ids, bins.offsets,
+                                          bins.counts, *ctx.size, out, alpha, v_out.contiguous(), v_alpha.contiguous())
+        grads = torch.zeros(means2d.shape[0], rows.shape[1], dtype=rows.dtype)
+        grads.index_add_(0, bins.ids, rows)  # a Gaussian's rows, one per tile it touches
+        v_bg = ((1.0 - alpha) * v_out).sum((0, 1))
+        v_opacities = grads[:, 5] / opacities.clamp_min(ALPHA_MIN)
+        return grads[:, :2], grads[:, 2:5], grads[:, 6:6 + c], v_opacities, v_bg, None, None, None, None, None
+
+
+def rasterize_cpu(
+    ext: ModuleType,
+    means: Tensor,  # [N, 3]
+    quats: Tensor,  # [N, 4]
+    scales: Tensor,  # [N, 3]
+    opacities: Tensor,  # [N]
+    colors: Tensor,  # [N, 3] or [N, K, 3]
+    viewmat: Tensor,  # [4, 4]
+    K: Tensor,  # [3, 3]
+    width: int,
+    height: int,
+    background: Tensor,  # [3]
+    sh_degree: int | None,
+    near_plane: float,
+    far_plane: float,
+) -> tuple[Tensor, Tensor, Tensor, dict]:
+    """``rasterize_torch`` on the compiled kernels: image [H, W, 3], alpha [H, W, 1], accumulated depth
+    [H, W, 1] and the strategy info (float32 CPU tensors)."""
+    if viewmat.requires_grad or K.requires_grad:
+        proj = _project(means, quats, scales, opacities, viewmat, K, width, height, near_plane, far_plane)
+    else:
+        proj = Projection(*_ProjectCpu.apply(means, quats, scales, opacities, viewmat, K, width, height,
+                                             near_plane, far_plane, ext))
+    means2d = proj.means2d[None]  # [1, N, 2]; the strategy reads its .grad
+    if sh_degree is not None:
+        campos = -viewmat[:3, :3].T @ viewmat[:3, 3]
+        rgb = _eval_sh(colors, means - campos, sh_degree)  # [N, 3]
+    else:
+        rgb = colors
+    feats = torch.cat([rgb, proj.depths[:, None]], dim=1)  # [N, 4]: depth rides along as a fourth channel
+    bg = torch.cat([background, background.new_zeros(1)])  # [4]
+    ids, offsets, counts = ext.bin_tiles(proj.means2d.detach(), proj.conics.detach(), proj.depths.detach(),
+                                         proj.radii, proj.extents, width, height)
+    tiles_x, tiles_y = -(-width // 16), -(-height // 16)
+    bins = TileBins(ids, offsets, counts, tiles_x, tiles_y)
+    out, alpha = _CompositeCpu.apply(means2d[0], proj.conics, feats, opacities, bg, proj.radii, bins, width, height,
+                                     ext)
+    info = {"means2d": means2d, "radii": proj.radii[None], "depths": proj.depths[None], "conics": proj.conics[None],
+            "width": width, "height": height, "n_cameras": 1, "gaussian_ids": None}
+    return out[..., :3], alpha, out[..., 3:], info
