@@ -9,7 +9,15 @@ import torch
 
 from talkgs.model.gaussians import GaussianModel
 from talkgs.model.hashgrid import HashGridConfig
-from talkgs.model.motion import FaceMotionField, MotionDeltas, MotionFieldConfig, MouthMotionField, apply_deltas
+from talkgs.model.motion import (
+    FaceMotionField,
+    MotionDeltas,
+    MotionFieldConfig,
+    MouthMotionField,
+    apply_deltas,
+    head_first_layer,
+    head_shared_term,
+)
 from talkgs.render.compositing import composite
 from talkgs.render.rasterizer import RenderOutput, rasterize
 
@@ -204,6 +212,46 @@ def test_deterministic_with_seed():
     for x, y in ((f1.d_means, f2.d_means), (f1.d_quats, f2.d_quats), (f1.attention_expr, f2.attention_expr),
                  (m1.d_means, m2.d_means)):
         assert torch.equal(x, y)
+
+
+def test_head_first_layer_equals_the_concatenated_input():
+    """The split first layer against its plain twin, layer(cat([h, attention * signal])) per frame, forward and
+    backward, for one frame and a batch."""
+    gen = torch.Generator().manual_seed(3)
+    layer = torch.nn.Linear(16 + A + E, 16)
+    for b in (1, 6):
+        h, att = torch.randn(40, 16, generator=gen), torch.rand(40, A + E, generator=gen)
+        signal = torch.randn(b, A + E, generator=gen)
+        inputs = [t.requires_grad_() for t in (h, att, signal)]
+        got = head_first_layer(layer, head_shared_term(layer, inputs[0]), *inputs[1:])
+        want = layer(torch.cat([h.expand(b, -1, -1), att * signal[:, None]], dim=-1)).transpose(0, 1)
+        assert got.shape == want.shape == (40, b, 16)
+        assert torch.allclose(got, want, atol=1e-5)
+        cot = torch.randn(want.shape, generator=gen)
+        params = [*inputs, layer.weight, layer.bias]
+        for g_got, g_want in zip(torch.autograd.grad(got, params, cot), torch.autograd.grad(want, params, cot)):
+            assert torch.allclose(g_got, g_want, atol=1e-4)
+
+
+def test_per_gaussian_part_is_reused_only_while_nothing_changed():
+    """Without gradients the trunk (hash grid, spatial MLP, attention) runs once for repeated calls; a changed
+    parameter or means, or gradients on, computes it again, and the results equal a fresh computation."""
+    face, _ = _fields()
+    _randomise_output(face)
+    calls = []
+    face.encoding.register_forward_hook(lambda *_: calls.append(1))
+    points, audio, expr = _points(30), torch.randn(2, A), torch.rand(2, E)
+    with torch.no_grad():
+        first = face(points, audio, expr).d_means
+        again = face(points, audio[:1], expr[:1]).d_means
+        assert len(calls) == 1 and torch.equal(again[0], first[0])
+        face.spatial[0].weight.mul_(2.0)  # as an optimiser step would
+        changed = face(points, audio, expr).d_means
+        assert len(calls) == 2 and not torch.equal(changed, first)
+        moved = face(points + 0.01, audio, expr).d_means
+        assert len(calls) == 3 and not torch.equal(moved, changed)
+    fresh = face(points + 0.01, audio, expr).d_means  # gradients on: always computed
+    assert len(calls) == 4 and torch.allclose(fresh, moved) and fresh.requires_grad
 
 
 def _layer(color: float, alpha: float, h: int = 4, w: int = 5) -> RenderOutput:

@@ -350,6 +350,15 @@ struct GaussianRow {
   }
 };
 
+// Whether any pixel in [p0, p1) still takes contributions: behind saturated pixels a Gaussian is skipped for
+// the price of one pass over a mask instead of evaluating its alpha.
+inline bool any_live(const float* live, int p0, int p1) {
+  float sum = 0.0f;
+#pragma omp simd reduction(+ : sum)
+  for (int p = p0; p < p1; ++p) sum += live[p];
+  return sum > 0.0f;
+}
+
 }  // namespace
 
 // Front-to-back compositing of C-channel colours; returns (out [H, W, C] over the background, alpha [H, W, 1]).
@@ -391,6 +400,7 @@ std::vector<torch::Tensor> composite_forward(torch::Tensor means2d, torch::Tenso
       for (int64_t k = 0; k < cnt[tile]; ++k) {
         const int64_t g = id[off[tile] + k];
         const GaussianRow gr(m2 + 2 * g, co + 3 * g, op[g], ra[2 * g + 1], pix.y0);
+        if (!any_live(live, gr.p0, gr.p1)) continue;
 #pragma omp simd
         for (int p = gr.p0; p < gr.p1; ++p) {
           const float dx = gr.mx - pix.px[p], dy = gr.my - pix.py[p];
@@ -481,6 +491,7 @@ torch::Tensor composite_backward(torch::Tensor means2d, torch::Tensor conics, to
       for (int64_t k = 0; k < cnt[tile]; ++k) {
         const int64_t g = id[off[tile] + k];
         const GaussianRow gr(m2 + 2 * g, co + 3 * g, op[g], ra[2 * g + 1], pix.y0);
+        if (!any_live(live, gr.p0, gr.p1)) continue;
         const float* cg = col + g * C;
         for (int p = gr.p0; p < gr.p1; ++p) vw[p] = gal[p];  // dL/dweight: g . colour (and 1 for alpha)
         for (int c = 0; c < C; ++c) {

@@ -63,7 +63,9 @@ def _mlp(dim_in: int, hidden: int, layers: int) -> nn.Sequential:
     """``layers`` Linear + ReLU blocks, ``dim_in`` -> ``hidden``."""
     blocks: list[nn.Module] = []
     for i in range(layers):
-        blocks += [nn.Linear(dim_in if i == 0 else hidden, hidden), nn.ReLU()]
+        # In place: the Linear before it does not need its own output for the backward, and the activations of
+        # a batched field (B frames x N Gaussians x hidden) are the largest tensors of a render.
+        blocks += [nn.Linear(dim_in if i == 0 else hidden, hidden), nn.ReLU(inplace=True)]
     return nn.Sequential(*blocks)
 
 
@@ -73,6 +75,28 @@ def _zero_linear(dim_in: int, dim_out: int) -> nn.Linear:
     nn.init.zeros_(layer.weight)
     nn.init.zeros_(layer.bias)
     return layer
+
+
+def head_first_layer(layer: nn.Linear, shared: Tensor, attention: Tensor, signal: Tensor) -> Tensor:
+    """``layer(cat([h, attention * signal[b]]))`` for every frame b, without building that [B, N, hidden + S]
+    input: the per-Gaussian part, ``shared = head_shared_term(layer, h)``, goes through the layer once, the
+    per-frame part as one [N, S] x [S, B * out] product. Same result up to round-off; at B = 8 frames and 16k
+    Gaussians it saves a third of the field's time.
+
+    shared: [N, out]; attention: [N, S] per-Gaussian weights; signal: [B, S] per frame.
+    Returns the layer's output (before its activation) as [N, B, out], the layout the product gives: the rest of
+    the MLP works on the last dimension, so only its small final output needs transposing to [B, N, ...].
+    """
+    n, out = shared.shape
+    b, s = signal.shape
+    w_s = layer.weight[:, layer.in_features - s:]  # [out, S]
+    per_frame = (signal[:, :, None] * w_s.T[None]).transpose(0, 1).reshape(s, b * out)  # [S, B * out]
+    return (attention @ per_frame).view(n, b, out).add_(shared[:, None])
+
+
+def head_shared_term(layer: nn.Linear, h: Tensor) -> Tensor:  # [N, hidden] -> [N, out]
+    """The part of the head's first layer that sees only the per-Gaussian feature ``h`` (and the bias)."""
+    return F.linear(h, layer.weight[:, :h.shape[1]], layer.bias)
 
 
 def _check_signal(name: str, value: Tensor, dim: int, like: Tensor) -> Tensor:  # [D] or [B, D] -> [B, D]
@@ -86,7 +110,13 @@ def _check_signal(name: str, value: Tensor, dim: int, like: Tensor) -> Tensor:  
 
 
 class _FieldBase(nn.Module):
-    """The shared trunk: hash-grid encoding -> MLP -> per-Gaussian feature, and the audio channel attention."""
+    """The shared trunk: hash-grid encoding -> MLP -> per-Gaussian feature, and the channel attention.
+
+    Everything that depends on the Gaussians but not on the frame (``_per_gaussian``) is computed once per call,
+    whatever the number of frames, and kept between calls while gradients are off and neither the means nor
+    any parameter has changed: a render or the viewer then pays only the per-frame part (at 16k Gaussians the
+    trunk is about three quarters of an 8-frame batch's field time on the CPU).
+    """
 
     def __init__(self, config: MotionFieldConfig, impl: str) -> None:
         super().__init__()
@@ -94,12 +124,25 @@ class _FieldBase(nn.Module):
         self.encoding = TriPlaneHashEncoding(config.hashgrid, impl=impl)
         self.spatial = _mlp(self.encoding.out_dim, config.hidden, config.layers)
         self.audio_attention = nn.Linear(config.hidden, config.audio_dim)
+        self._cached: tuple[tuple, tuple[Tensor, Tensor]] | None = None
 
-    def _features(self, means: Tensor) -> Tensor:  # [N, 3] -> [N, hidden]
+    def _attention(self, h: Tensor) -> Tensor:  # [N, hidden] -> [N, S], S the channels the head weighs
+        return torch.sigmoid(self.audio_attention(h))
+
+    def _per_gaussian(self, means: Tensor) -> tuple[Tensor, Tensor]:
+        """(the head's first-layer term of the per-Gaussian feature [N, hidden], the attention [N, S])."""
         if not isinstance(means, Tensor) or means.ndim != 2 or means.shape[1] != 3:
             shape = tuple(means.shape) if isinstance(means, Tensor) else type(means).__name__
             raise ValueError(f"means must have shape [N, 3], got {shape}")
-        return self.spatial(self.encoding(means))
+        # In-place updates (optimiser steps, load_state_dict) bump a tensor's version, so this key goes stale with
+        # any change to what the result depends on.
+        key = tuple((t.data_ptr(), t._version, tuple(t.shape), t.dtype) for t in (means, *self.parameters()))
+        if not torch.is_grad_enabled() and self._cached is not None and self._cached[0] == key:
+            return self._cached[1]
+        h = self.spatial(self.encoding(means))  # [N, hidden]
+        result = (head_shared_term(self.head[0], h), self._attention(h))
+        self._cached = (key, tuple(t.detach() for t in result)) if not torch.is_grad_enabled() else None
+        return result
 
 
 class FaceMotionField(_FieldBase):
@@ -128,21 +171,23 @@ class FaceMotionField(_FieldBase):
             ValueError: bad shapes, or signals whose dtype or device differ from the means'.
         """
         c = self.config
-        h = self._features(means)  # [N, hidden]
         audio_b = _check_signal("audio", audio, c.audio_dim, means)  # [B, A]
         expr_b = _check_signal("expression", expression, c.expr_dim, means)  # [B, E]
         if audio_b.shape[0] != expr_b.shape[0] or audio.ndim != expression.ndim:
             raise ValueError(f"audio and expression must both be one frame or the same B frames, got "
                              f"{tuple(audio.shape)} and {tuple(expression.shape)}")
-        att_audio = torch.sigmoid(self.audio_attention(h))  # [N, A]
-        att_expr = torch.sigmoid(self.expr_attention(h))  # [N, E]
-        b, n = audio_b.shape[0], h.shape[0]
-        x = torch.cat([h.expand(b, n, -1), att_audio * audio_b[:, None], att_expr * expr_b[:, None]], dim=-1)
-        raw = self.out(self.head(x)) * c.offset_scale  # [B, N, 10]
+        shared, attention = self._per_gaussian(means)  # [N, hidden], [N, A + E]
+        # The head sees [h, att_audio * audio, att_expr * expression] per frame and Gaussian.
+        x = head_first_layer(self.head[0], shared, attention, torch.cat([audio_b, expr_b], 1))
+        raw = self.out(self.head[1:](x)).transpose(0, 1) * c.offset_scale  # [B, N, 10]
         if audio.ndim == 1:
             raw = raw[0]
         d_means, d_quats, d_scales = raw.split((3, 4, 3), dim=-1)
+        att_audio, att_expr = attention.split((c.audio_dim, c.expr_dim), dim=1)
         return MotionDeltas(d_means, d_quats, d_scales, att_audio, att_expr)
+
+    def _attention(self, h: Tensor) -> Tensor:  # [N, hidden] -> [N, A + E]
+        return torch.sigmoid(torch.cat([self.audio_attention(h), self.expr_attention(h)], dim=1))
 
 
 class MouthMotionField(_FieldBase):
@@ -170,12 +215,10 @@ class MouthMotionField(_FieldBase):
             ValueError: bad shapes, or audio whose dtype or device differ from the means'.
         """
         c = self.config
-        h = self._features(means)  # [N, hidden]
         audio_b = _check_signal("audio", audio, c.audio_dim, means)  # [B, A]
-        att_audio = torch.sigmoid(self.audio_attention(h))  # [N, A]
-        b, n = audio_b.shape[0], h.shape[0]
-        x = torch.cat([h.expand(b, n, -1), att_audio * audio_b[:, None]], dim=-1)
-        d_means = self.out(self.head(x)) * c.offset_scale  # [B, N, 3]
+        shared, att_audio = self._per_gaussian(means)  # [N, hidden], [N, A]
+        x = head_first_layer(self.head[0], shared, att_audio, audio_b)  # the head sees [h, att_audio * audio]
+        d_means = self.out(self.head[1:](x)).transpose(0, 1) * c.offset_scale  # [B, N, 3]
         if audio.ndim == 1:
             d_means = d_means[0]
         return MotionDeltas(d_means, None, None, att_audio, None)
