@@ -14,7 +14,7 @@ import numpy as np
 import torch
 
 from talkgs.data import schema
-from talkgs.data.frames import Batch, SubjectFrames, pick_device
+from talkgs.data.frames import Batch, SubjectFrames, label_mask, label_table, pick_device
 from talkgs.data.subject import Subject
 from talkgs.eval.landmark_metrics import LandmarkTracker, landmark_metrics
 from talkgs.model.fitted import FittedModel, load_model
@@ -86,7 +86,7 @@ def local_excess(moving: torch.Tensor, still: torch.Tensor, truth: torch.Tensor,
     is an artifact, even when the PSNR of the whole head barely moves.
     """
     k = max(3, round(LOCAL_PATCH_FRACTION * truth.shape[0]) | 1)
-    head = torch.isin(labels, torch.tensor([int(x) for x in schema.HEAD_LABELS], device=labels.device))
+    head = label_mask(labels, label_table(schema.HEAD_LABELS, labels.device))
     lips = ((labels == schema.Label.LIPS) | (labels == schema.Label.MOUTH)).float()[None, None]
     near_lips = torch.nn.functional.max_pool2d(lips, 3, stride=1, padding=1)[0, 0] > 0
     excess = _shift_tolerant_error(moving, truth) - _shift_tolerant_error(still, truth)  # [H, W]
@@ -126,7 +126,7 @@ def evaluate(subject_dir: str | Path, json_path: str | Path | None = None, video
     # The baseline: the same Gaussians without their motion fields. Pose alone moves what MediaPipe
     # reads as mouth opening, so a motionless mouth scores a correlation too, and the report says how much.
     moving = ctx.features is not None and (model.draws["face_motion"] or model.draws["mouth_motion"])
-    head_labels = torch.tensor([int(lb) for lb in schema.HEAD_LABELS], device=ctx.device)
+    head_labels = label_table(schema.HEAD_LABELS, ctx.device)
     still_scores: dict[str, list[float]] = {"psnr_head": [], "psnr_mouth": []}
     excess: list[float] = []  # per held-out frame, ``local_excess``
     # Landmarks are tracked while the frames stream, so no frame is kept.
@@ -138,7 +138,7 @@ def evaluate(subject_dir: str | Path, json_path: str | Path | None = None, video
         for i in log.progress(ctx.test_indices, desc="eval", unit="frame"):
             batch, rendered_frame = render_frame(model, ctx, int(i))
             image = rendered_frame.image[0].clamp(0, 1)
-            head_mask = torch.isin(batch.labels, head_labels)[..., None].float()
+            head_mask = label_mask(batch.labels, head_labels)[..., None].float()
             mouth = (batch.labels == schema.Label.MOUTH) | (batch.labels == schema.Label.LIPS)
             scores["psnr"].append(float(psnr(image, batch.image)))
             scores["ssim"].append(float(ssim(image, batch.image)))

@@ -10,7 +10,7 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from talkgs.data.frames import Batch
+from talkgs.data.frames import Batch, label_mask, label_table
 from talkgs.data.schema import HEAD_LABELS, Label
 from talkgs.model.gaussians import PARAM_NAMES, GaussianModel
 from talkgs.model.losses import dssim, masked_l1, psnr
@@ -60,7 +60,7 @@ class Stage:
         self.ctx = ctx
         self.cfg = cfg
         self.head = head
-        self._head_labels = torch.tensor([int(lb) for lb in HEAD_LABELS], device=ctx.device)
+        self._head_labels = label_table(HEAD_LABELS, ctx.device)
         #: [B] more training frames for this step's landmark loss, drawn by ``sample``.
         self.landmark_extra: torch.Tensor | None = None
         if self.face_motion or self.mouth_motion:
@@ -84,7 +84,7 @@ class Stage:
     def masks(self, batch: Batch) -> dict[str, torch.Tensor]:
         """[R, R, 1] float masks: colour-loss weight, head (PSNR region), alpha target and its weight."""
         labels = batch.labels
-        head = torch.isin(labels, self._head_labels)
+        head = label_mask(labels, self._head_labels)
         mouth = labels == Label.MOUTH
         colour = torch.ones_like(mouth) if self.mouth else ~mouth
         # Neck pixels are "don't care" for alpha: the head may cover the top of the neck there.
