@@ -334,7 +334,7 @@ struct TilePixels {
 };
 
 // One Gaussian's alpha parameters, and the pixels [p0, p1) of a tile it can reach: the rows its screen box
-// overlaps (a pixel row more either side against round-off). Outside the box alpha < 1/255, so skipping those
+// overlaps (with 0.01 px to spare against round-off). Outside the box alpha < 1/255, so skipping those
 // rows changes nothing; small Gaussians touch a few of the 16 rows.
 struct GaussianRow {
   float mx, my, ha, b2, hc, log2_o;
@@ -344,8 +344,8 @@ struct GaussianRow {
     ha = 0.5f * LOG2E * co[0], b2 = LOG2E * co[1], hc = 0.5f * LOG2E * co[2];
     log2_o = std::log2(std::max(opacity, ALPHA_MIN));
     const float centre = my - static_cast<float>(tile_y0) - 0.5f;
-    const int r0 = std::max(static_cast<int>(std::ceil(centre - radius_y - 1.0f)), 0);
-    const int r1 = std::min(static_cast<int>(std::floor(centre + radius_y + 1.0f)), TILE - 1);
+    const int r0 = std::max(static_cast<int>(std::ceil(centre - radius_y - 0.01f)), 0);
+    const int r1 = std::min(static_cast<int>(std::floor(centre + radius_y + 0.01f)), TILE - 1);
     p0 = r0 * TILE, p1 = std::max(r1 + 1, r0) * TILE;
   }
 };

@@ -101,7 +101,7 @@ class FitConfig:
     device: str = "auto"
     """"auto" (CUDA when available), "cpu" or "cuda"."""
     backend: str = "auto"
-    """Rasterizer: "auto" (gsplat on CUDA, else torch), "torch" or "gsplat"."""
+    """Rasterizer: "auto" (gsplat on CUDA, the compiled kernels on the CPU, else torch), "torch", "cpu" or "gsplat"."""
     init: InitConfig = field(default_factory=InitConfig)
     head: HeadConfig = field(default_factory=HeadConfig)
     stages: list[StageConfig] = field(default_factory=lambda: [

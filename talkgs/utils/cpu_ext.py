@@ -15,6 +15,7 @@ from __future__ import annotations
 import functools
 import os
 import shutil
+import sys
 from pathlib import Path
 from types import ModuleType
 
@@ -30,6 +31,13 @@ def _missing_requirement(name: str) -> str | None:
         return f"{ENV_SWITCH}=0"
     if shutil.which(os.environ.get("CXX", "c++")) is None:
         return "no C++ compiler (c++) found"
+    # torch builds with ninja from PATH; pip installs it beside the interpreter, which an unactivated venv
+    # leaves off PATH.
+    here = str(Path(sys.executable).parent)
+    if shutil.which("ninja") is None and shutil.which("ninja", path=here) is not None:
+        os.environ["PATH"] = here + os.pathsep + os.environ.get("PATH", "")
+    if shutil.which("ninja") is None:
+        return "ninja not found (pip install ninja)"
     if not (SOURCE_DIR / f"{name}.cpp").is_file():
         return f"sources missing in {SOURCE_DIR}"
     return None
