@@ -19,6 +19,7 @@ from talkgs.model.hashgrid import (
     hashgrid2d_torch,
     level_resolutions,
 )
+from talkgs.utils import cpu_ext
 from talkgs.utils.cpu_ext import ENV_SWITCH, load_cpu_ext
 
 # 3 levels of 4, 8 and 16 cells in a 64-row table: level 0 (25 vertices) is dense, levels 1 and 2 are hashed.
@@ -341,6 +342,7 @@ def test_triplane_auto_runs_the_cpu_kernel_and_matches_torch_with_gradients(cpu_
 
 def test_cpu_kernels_switched_off_fall_back_to_torch(monkeypatch, capsys):
     monkeypatch.setenv(ENV_SWITCH, "0")
+    monkeypatch.setattr(cpu_ext, "_told", set())
     load_cpu_ext.cache_clear()
     try:
         assert load_cpu_ext("hashgrid") is None

@@ -6,8 +6,9 @@ sigmoid(2 randn), SH degree 2 colours; the focal length makes the blob span 80% 
 talking-head crop. Cases: 128x128 with 10k Gaussians, 256x256 with 30k, 512x512 with 50k.
 
 Each case runs in its own process, so its peak resident memory is its own. It is warmed up once,
-then timed ``--repeats`` times; the median is reported. The torch backend runs on the CPU, and when
-CUDA is available the gsplat and torch backends run on the GPU too.
+then timed ``--repeats`` times; the median is reported. On the CPU the compiled kernels (backend "cpu")
+run beside the torch backend, their twin; when CUDA is available the gsplat and torch backends run on the
+GPU too.
 
     python tools/bench_rasterize.py --json outputs/bench_rasterize.json
 """
@@ -132,7 +133,11 @@ def main() -> None:
         print(json.dumps(run_case(int(size), int(n), backend, device, args.repeats)))
         return
 
-    runs = [(size, n, "torch", "cpu") for size, n in CASES]
+    from talkgs.render._cpu_backend import cpu_kernels
+
+    # The compiled kernels (built here once, before any timing) beside their PyTorch twin.
+    cpu_backends = ("cpu", "torch") if cpu_kernels() is not None else ("torch",)
+    runs = [(size, n, backend, "cpu") for size, n in CASES for backend in cpu_backends]
     if has_gsplat_cuda():
         runs += [(size, n, backend, "cuda") for size, n in CASES for backend in ("gsplat", "torch")]
     results = []

@@ -46,7 +46,7 @@ def _missing_requirement(name: str) -> str | None:
 @functools.cache
 def load_cpu_ext(name: str) -> ModuleType | None:
     """The compiled module ``talkgs_cpu_<name>`` from ``talkgs/csrc/<name>.cpp``, or None (after one line on stderr
-    saying why) when it cannot be built; callers then run the PyTorch twin."""
+    saying why, once per reason) when it cannot be built; callers then run the PyTorch twin."""
     reason = _missing_requirement(name)
     if reason is None:
         from torch.utils.cpp_extension import load
@@ -61,5 +61,10 @@ def load_cpu_ext(name: str) -> ModuleType | None:
         except Exception as exc:  # a failed build must not stop the user: the twin computes the same
             lines = str(exc).strip().splitlines()
             reason = f"build failed: {lines[-1] if lines else type(exc).__name__}"
-    log.warn(f"compiled CPU kernels '{name}' unavailable ({reason}); using the slower PyTorch version")
+    if reason not in _told:  # one line for all the kernels that miss the same thing
+        _told.add(reason)
+        log.warn(f"compiled CPU kernels unavailable ({reason}); using their slower PyTorch versions")
     return None
+
+
+_told: set[str] = set()
