@@ -80,8 +80,8 @@ def _zero_linear(dim_in: int, dim_out: int) -> nn.Linear:
 def head_first_layer(layer: nn.Linear, shared: Tensor, attention: Tensor, signal: Tensor) -> Tensor:
     """``layer(cat([h, attention * signal[b]]))`` for every frame b, without building that [B, N, hidden + S]
     input: the per-Gaussian part, ``shared = head_shared_term(layer, h)``, goes through the layer once, the
-    per-frame part as one [N, S] x [S, B * out] product. Same result up to round-off; at B = 8 frames and 16k
-    Gaussians it saves a third of the field's time.
+    per-frame part as one [N, S] x [S, B * out] product. Same result up to round-off, without the copy of the
+    per-Gaussian feature into every frame's input or its product with the layer's weights.
 
     shared: [N, out]; attention: [N, S] per-Gaussian weights; signal: [B, S] per frame.
     Returns the layer's output (before its activation) as [N, B, out], the layout the product gives: the rest of
@@ -114,8 +114,8 @@ class _FieldBase(nn.Module):
 
     Everything that depends on the Gaussians but not on the frame (``_per_gaussian``) is computed once per call,
     whatever the number of frames, and kept between calls while gradients are off and neither the means nor
-    any parameter has changed: a render or the viewer then pays only the per-frame part (at 16k Gaussians the
-    trunk is about three quarters of an 8-frame batch's field time on the CPU).
+    any parameter has changed: a render or the viewer then pays only the per-frame part (measured on the CPU at
+    16k Gaussians, one thread: the trunk took 46 ms per call, the rest of the face field 9 ms per frame).
     """
 
     def __init__(self, config: MotionFieldConfig, impl: str) -> None:
