@@ -147,7 +147,7 @@ def test_presets_have_fit_sections():
         cfg = load_section(FitConfig, preset, "fit")
         assert [s.name for s in cfg.stages] == ["static", "mouth", "face", "fuse"]
         assert from_dict(FitConfig, to_dict(cfg)) == cfg
-    assert load_section(FitConfig, "cpu", "fit").resolution == 128
+    assert load_section(FitConfig, "cpu", "fit").resolution == 256
     assert load_section(FitConfig, "quality", "fit").resolution == 512
 
 
