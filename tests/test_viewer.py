@@ -5,7 +5,6 @@ from __future__ import annotations
 import base64
 import json
 import math
-import shutil
 import socket
 import subprocess
 import sys
@@ -274,24 +273,12 @@ def test_view_refuses_a_port_in_use(fitted, capsys):
 
 def _chromium():
     """A headless Chromium driven by Selenium, or skip with the reason."""
+    from talkgs.viewer.browser import BrowserUnavailable, headless_chromium
+
     try:
-        from selenium import webdriver
-        from selenium.webdriver.chrome.options import Options
-        from selenium.webdriver.chrome.service import Service
-    except ImportError:
-        pytest.skip("selenium is not installed (pip install -e '.[dev]')")
-    browser = next((shutil.which(n) for n in ("chromium", "chromium-browser", "google-chrome") if shutil.which(n)),
-                   None)
-    driver = shutil.which("chromedriver")
-    if browser is None or driver is None:
-        pytest.skip("Chromium and its driver are not installed (apt-get install chromium chromium-driver)")
-    options = Options()
-    options.binary_location = browser
-    # No sound card is needed: without one, Chromium plays into a fake output that still runs the clock.
-    for arg in ("--headless=new", "--autoplay-policy=no-user-gesture-required", "--no-sandbox",
-                "--disable-dev-shm-usage", "--disable-gpu", "--mute-audio", "--window-size=900,640"):
-        options.add_argument(arg)
-    return webdriver.Chrome(options=options, service=Service(driver))
+        return headless_chromium()
+    except BrowserUnavailable as exc:
+        pytest.skip(str(exc))
 
 
 def _wait(driver, script: str, timeout: float = 30.0, what: str = ""):

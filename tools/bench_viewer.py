@@ -13,7 +13,14 @@ frame after frame as a playing tab asks for them, in three cases:
 HTTP and the browser's JPEG decode are not included (about 1 ms at these sizes). Each case is warmed
 up for 3 frames, then ``--frames`` frames are timed; the median gives the FPS.
 
+``--browser SECONDS`` measures what a user sees instead: ``talkgs view``'s server in this process, its
+page in headless Chromium (``talkgs.viewer.browser``) playing the subject's own clip on a loop for that
+long. Reported: the frames per second the page shows (its own read-out, sampled every half second, and
+frames shown over the wall time), the page's audio-to-frame latency, and whether every frame shown is
+the one of the audio time it asked for (frame = floor(t * fps)).
+
     OMP_NUM_THREADS=1 python tools/bench_viewer.py SUBJECT_DIR [--device cpu] [--size PX] [--json OUT]
+    python tools/bench_viewer.py SUBJECT_DIR --size 256 --browser 20
 """
 
 from __future__ import annotations
@@ -34,7 +41,15 @@ def main() -> int:
     parser.add_argument("--size", type=int, help="full viewer resolution (default: the viewer's default)")
     parser.add_argument("--frames", type=int, default=40, help="frames timed per case")
     parser.add_argument("--json", help="also write the results here")
+    parser.add_argument("--browser", type=float, metavar="SECONDS", help="play the page in headless Chromium")
     args = parser.parse_args()
+    if args.browser:
+        results = browser_run(args.subject, args.device, args.size, args.browser)
+        print(json.dumps(results, indent=2))
+        if args.json:
+            with open(args.json, "w") as f:
+                json.dump(results, f, indent=2)
+        return 0
 
     import torch
 
@@ -81,6 +96,56 @@ def main() -> int:
         with open(args.json, "w") as f:
             json.dump(results, f, indent=2)
     return 0
+
+
+_SAMPLE = ("return {fps: viewer.stats.fps, latency: viewer.stats.latencyMs, shown: viewer.stats.shown, "
+           "frame: viewer.stats.lastFrame, t: viewer.stats.lastT, size: viewer.stats.lastSize, "
+           "clock: performance.now() / 1000}")
+
+
+def browser_run(subject: str, device: str, size: int | None, seconds: float) -> dict:
+    """The viewer's page in headless Chromium, playing the subject's own clip on a loop for ``seconds``."""
+    import threading
+
+    from talkgs.viewer.browser import headless_chromium
+    from talkgs.viewer.config import ViewerConfig
+    from talkgs.viewer.engine import OWN_CLIP, ViewerEngine
+    from talkgs.viewer.server import ViewerServer
+
+    cfg = ViewerConfig(port=0, device=device, size=size)
+    server = ViewerServer(cfg)
+    server.engine = ViewerEngine(subject, cfg)
+    fps = server.engine.fps
+    last = server.engine.clips[OWN_CLIP].num_frames - 1
+    thread = threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.1}, daemon=True)
+    thread.start()
+    driver = headless_chromium()
+    try:
+        driver.get(server.url)
+        end = time.monotonic() + 60
+        while not driver.execute_script("return viewer.stats.shown > 0 && audio.readyState >= 3"):
+            if time.monotonic() > end:
+                raise SystemExit("the page showed no frame within 60 s")
+            time.sleep(0.1)
+        driver.execute_script("audio.loop = true; audio.currentTime = 0; audio.play()")
+        time.sleep(2.0)  # the read-outs average over the last 1-2 s
+        samples, end = [], time.monotonic() + seconds
+        while time.monotonic() < end:
+            samples.append(driver.execute_script(_SAMPLE))
+            time.sleep(0.5)
+    finally:
+        driver.quit()
+        server.shutdown()
+        server.server_close()
+    shown = samples[-1]["shown"] - samples[0]["shown"]
+    wall = samples[-1]["clock"] - samples[0]["clock"]
+    in_sync = [s["frame"] == min(int(s["t"] * fps + 1e-6), last) for s in samples if s["t"] is not None]
+    return {"subject": subject, "size": samples[-1]["size"], "device": server.engine.device,
+            "seconds": round(wall, 1), "frames_shown_per_second": round(shown / wall, 1),
+            "page_fps_median": statistics.median(s["fps"] for s in samples),
+            "latency_ms_median": round(statistics.median(s["latency"] for s in samples if s["latency"] is not None), 1),
+            "frames_matching_their_audio_time": f"{sum(in_sync)}/{len(in_sync)}",
+            "cores": os.cpu_count(), "load_avg_1min_after": os.getloadavg()[0]}
 
 
 if __name__ == "__main__":
