@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import inspect
+import shutil
 
 import pytest
 import torch
@@ -231,6 +232,34 @@ def test_head_first_layer_equals_the_concatenated_input():
         params = [*inputs, layer.weight, layer.bias]
         for g_got, g_want in zip(torch.autograd.grad(got, params, cot), torch.autograd.grad(want, params, cot)):
             assert torch.allclose(g_got, g_want, atol=1e-4)
+
+
+@pytest.mark.skipif(shutil.which("c++") is None, reason="no C++ compiler: the kernel cannot be built")
+@pytest.mark.parametrize("layers", [1, 2, 3])
+def test_compiled_head_equals_the_torch_head(layers):
+    """Without gradients on the CPU the per-frame head runs compiled (talkgs/csrc/fields.cpp): the same offsets as
+    the PyTorch head, for one frame and a batch, any number of hidden layers, N not a multiple of 8."""
+    from talkgs.utils.cpu_ext import load_cpu_ext
+
+    assert load_cpu_ext("fields") is not None, "the kernel failed to build (see the warning above)"
+    torch.manual_seed(layers)
+    face, mouth = FaceMotionField(_config(layers=layers)), MouthMotionField(_config(layers=layers))
+    _randomise_output(face)
+    _randomise_output(mouth)
+    points, audio, expr = _points(203), torch.randn(5, A), torch.rand(5, E)
+    with torch.no_grad():
+        for field, args in ((face, (audio, expr)), (mouth, (audio,))):
+            for signals in (args, tuple(a[0] for a in args)):
+                fast = field(points, *signals)
+                field.impl = "torch"
+                ref = field(points, *signals)
+                field.impl = "auto"
+                assert fast.d_means.shape == ref.d_means.shape
+                assert torch.allclose(fast.d_means, ref.d_means, rtol=1e-5, atol=1e-6)
+                if ref.d_quats is not None:
+                    assert torch.allclose(fast.d_quats, ref.d_quats, rtol=1e-5, atol=1e-6)
+                    assert torch.allclose(fast.d_scales, ref.d_scales, rtol=1e-5, atol=1e-6)
+    assert face(points, audio, expr).d_means.requires_grad  # with gradients: the PyTorch head
 
 
 def test_per_gaussian_part_is_reused_only_while_nothing_changed():

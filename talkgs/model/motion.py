@@ -18,6 +18,7 @@ from torch import Tensor, nn
 
 from talkgs.model.gaussians import GaussianModel
 from talkgs.model.hashgrid import HashGridConfig, TriPlaneHashEncoding
+from talkgs.utils.cpu_ext import load_cpu_ext
 
 
 @dataclass
@@ -121,6 +122,7 @@ class _FieldBase(nn.Module):
     def __init__(self, config: MotionFieldConfig, impl: str) -> None:
         super().__init__()
         self.config = config
+        self.impl = impl
         self.encoding = TriPlaneHashEncoding(config.hashgrid, impl=impl)
         self.spatial = _mlp(self.encoding.out_dim, config.hidden, config.layers)
         self.audio_attention = nn.Linear(config.hidden, config.audio_dim)
@@ -144,11 +146,28 @@ class _FieldBase(nn.Module):
         self._cached = (key, tuple(t.detach() for t in result)) if not torch.is_grad_enabled() else None
         return result
 
+    def _head(self, shared: Tensor, attention: Tensor, signal: Tensor) -> Tensor:  # -> [B, N, out]
+        """The head over every frame of ``signal`` [B, S] and Gaussian: the compiled kernel
+        (``talkgs/csrc/fields.cpp``) when gradients are off on the CPU, else its PyTorch twin."""
+        ext = None
+        if not torch.is_grad_enabled() and self.impl != "torch" and shared.device.type == "cpu" \
+                and shared.dtype == torch.float32:
+            ext = load_cpu_ext("fields")
+        if ext is None:
+            x = head_first_layer(self.head[0], shared, attention, signal)  # [N, B, hidden]
+            return self.out(self.head[1:](x)).transpose(0, 1)
+        hidden = [m for m in self.head[1:] if isinstance(m, nn.Linear)]
+        return ext.head_forward(shared.contiguous(), attention.contiguous(), signal.contiguous(),
+                                self.head[0].weight.contiguous(), [m.weight.contiguous() for m in hidden],
+                                [m.bias.contiguous() for m in hidden], self.out.weight.contiguous(),
+                                self.out.bias.contiguous())
+
 
 class FaceMotionField(_FieldBase):
     """Deformation of the face branch from audio and expression: offsets of means, raw quats and log-scales.
 
-    ``impl`` selects the hash-grid implementation (see ``TriPlaneHashEncoding``).
+    ``impl``: "torch" runs the PyTorch code throughout; otherwise the hash grid follows ``TriPlaneHashEncoding`` and
+    the per-frame head runs compiled on the CPU when gradients are off.
     """
 
     def __init__(self, config: MotionFieldConfig | None = None, impl: str = "auto") -> None:
@@ -178,8 +197,7 @@ class FaceMotionField(_FieldBase):
                              f"{tuple(audio.shape)} and {tuple(expression.shape)}")
         shared, attention = self._per_gaussian(means)  # [N, hidden], [N, A + E]
         # The head sees [h, att_audio * audio, att_expr * expression] per frame and Gaussian.
-        x = head_first_layer(self.head[0], shared, attention, torch.cat([audio_b, expr_b], 1))
-        raw = self.out(self.head[1:](x)).transpose(0, 1) * c.offset_scale  # [B, N, 10]
+        raw = self._head(shared, attention, torch.cat([audio_b, expr_b], 1)) * c.offset_scale  # [B, N, 10]
         if audio.ndim == 1:
             raw = raw[0]
         d_means, d_quats, d_scales = raw.split((3, 4, 3), dim=-1)
@@ -217,8 +235,7 @@ class MouthMotionField(_FieldBase):
         c = self.config
         audio_b = _check_signal("audio", audio, c.audio_dim, means)  # [B, A]
         shared, att_audio = self._per_gaussian(means)  # [N, hidden], [N, A]
-        x = head_first_layer(self.head[0], shared, att_audio, audio_b)  # the head sees [h, att_audio * audio]
-        d_means = self.out(self.head[1:](x)).transpose(0, 1) * c.offset_scale  # [B, N, 3]
+        d_means = self._head(shared, att_audio, audio_b) * c.offset_scale  # [B, N, 3]; it sees [h, att_audio * audio]
         if audio.ndim == 1:
             d_means = d_means[0]
         return MotionDeltas(d_means, None, None, att_audio, None)
