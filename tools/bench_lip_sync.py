@@ -16,7 +16,7 @@ prepares and fits the subject with the cpu preset (skipped when WORK/<subject>_<
 
 For the first --strip-driver clip it also writes docs/images/lip_sync_<subject>_<path>_strip.png: the
 driver's real mouth above, the rendered mouth below, on the same frames (spread from its most closed to
-its most open); and, for seed 0, docs/images/lip_sync_<subject>_<path>_held_out.png: a contact sheet of
+its most open); and, for seed 0, docs/images/lip_sync_<subject>_<path>_held_out.jpg: a contact sheet of
 held-out frames (truth, render, error).
 
 Train/test split: every fit trains on the first 10/11 of its clip; the held-out figures are on the
@@ -127,21 +127,22 @@ def mouth_strip(root: Path, video: Path, out: Path, frames: int = 10, zoom: int 
     cv2.imwrite(str(out), cv2.cvtColor(np.concatenate(rows, 0), cv2.COLOR_RGB2BGR))
 
 
-def contact_sheet(eval_video: Path, out: Path, frames: int = 6, zoom: int = 2) -> None:
+def contact_sheet(eval_video: Path, out: Path, frames: int = 6) -> None:
     """Held-out frames spread over the test split, one row each: truth, render, error (``talkgs eval``'s
-    side-by-side video), enlarged for the docs."""
+    side-by-side video), enlarged to about 256 px a frame for the docs."""
     import cv2
 
     from talkgs.utils import media
 
     info = media.probe_video(eval_video)
+    zoom = max(1, round(256 / info.height))
     total = round(info.duration * info.fps)
     picks = set(np.linspace(0, total - 1, frames).round().astype(int).tolist())
     rows = [f for i, f in enumerate(media.read_frames(eval_video, (info.width, info.height))) if i in picks]
     sheet = np.concatenate(rows, 0)
     sheet = cv2.resize(sheet, (sheet.shape[1] * zoom, sheet.shape[0] * zoom), interpolation=cv2.INTER_NEAREST)
     out.parent.mkdir(parents=True, exist_ok=True)
-    cv2.imwrite(str(out), cv2.cvtColor(sheet, cv2.COLOR_RGB2BGR))
+    cv2.imwrite(str(out), cv2.cvtColor(sheet, cv2.COLOR_RGB2BGR), [cv2.IMWRITE_JPEG_QUALITY, 90])
 
 
 def _summary(rows: list[dict], key: str) -> float | None:
@@ -156,7 +157,7 @@ def run_one(subject: str, path: str, work: Path, seed: int, strip_driver: str | 
     root, fit_report = fitted_subject(subject, path, work, seed)
     held_out = evaluate(root, root / "bench_eval.json", root / "bench_eval.mp4")
     if seed == 0:
-        contact_sheet(root / "bench_eval.mp4", ROOT / "docs" / "images" / f"lip_sync_{subject}_{path}_held_out.png")
+        contact_sheet(root / "bench_eval.mp4", ROOT / "docs" / "images" / f"lip_sync_{subject}_{path}_held_out.jpg")
     result: dict = {"subject": subject, "path": path, "seed": seed, "fit": str(root),
                     "fit_seconds": round(sum(s.get("seconds", 0.0) for s in fit_report["stages"].values())),
                     "held_out": held_out, "mouth_code": fit_report.get("mouth_code"), "drive": {}}
