@@ -49,7 +49,7 @@ def main() -> None:
     kernels = cpu_kernels() is not None  # built here, outside the profile
     with tempfile.TemporaryDirectory() as tmp:
         root = Path(tmp) / "subject"
-        shutil.copytree(args.subject, root, ignore=shutil.ignore_patterns("fit", "preview", "*.mp4.eval*"))
+        shutil.copytree(args.subject, root, ignore=shutil.ignore_patterns("fit", "preview"))
         with profile(activities=[ProfilerActivity.CPU]) as prof:
             report = Trainer(root, short, force=True).run()
     per_it = {name: s["seconds"] / args.steps for name, s in report["stages"].items()}
