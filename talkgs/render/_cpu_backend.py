@@ -14,7 +14,15 @@ import torch
 from torch import Tensor
 from torch.autograd.function import once_differentiable
 
-from talkgs.render._torch_backend import ALPHA_MIN, Projection, TileBins, _eval_sh, _project
+from talkgs.render._torch_backend import (
+    ALPHA_MIN,
+    TILE,
+    Projection,
+    TileBins,
+    _features,
+    _project,
+    _strategy_info,
+)
 from talkgs.utils.cpu_ext import load_cpu_ext
 
 
@@ -92,19 +100,11 @@ def rasterize_cpu(
         proj = Projection(*_ProjectCpu.apply(means, quats, scales, opacities, viewmat, K, width, height,
                                              near_plane, far_plane, ext))
     means2d = proj.means2d[None]  # [1, N, 2]; the strategy reads its .grad
-    if sh_degree is not None:
-        campos = -viewmat[:3, :3].T @ viewmat[:3, 3]
-        rgb = _eval_sh(colors, means - campos, sh_degree)  # [N, 3]
-    else:
-        rgb = colors
-    feats = torch.cat([rgb, proj.depths[:, None]], dim=1)  # [N, 4]: depth rides along as a fourth channel
-    bg = torch.cat([background, background.new_zeros(1)])  # [4]
+    feats, bg = _features(means, colors, viewmat, sh_degree, proj.depths, background)
     ids, offsets, counts = ext.bin_tiles(proj.means2d.detach(), proj.conics.detach(), proj.depths.detach(),
                                          proj.radii, proj.extents, width, height)
-    tiles_x, tiles_y = -(-width // 16), -(-height // 16)
-    bins = TileBins(ids, offsets, counts, tiles_x, tiles_y)
+    bins = TileBins(ids, offsets, counts, -(-width // TILE), -(-height // TILE))
     out, alpha = _CompositeCpu.apply(means2d[0], proj.conics, feats, opacities, bg, proj.radii, bins, width, height,
                                      ext)
-    info = {"means2d": means2d, "radii": proj.radii[None], "depths": proj.depths[None], "conics": proj.conics[None],
-            "width": width, "height": height, "n_cameras": 1, "gaussian_ids": None}
+    info = _strategy_info(means2d, proj, width, height)
     return out[..., :3], alpha, out[..., 3:], info

@@ -436,6 +436,24 @@ def _row_grads(blk: _Block, vs: Tensor, v_rows: Tensor) -> Tensor:
     return torch.cat([torch.stack(grads, dim=-1), v_rows], dim=-1)  # [Ta, B, 7 + C]
 
 
+def _features(means: Tensor, colors: Tensor, viewmat: Tensor, sh_degree: int | None, depths: Tensor,
+              background: Tensor) -> tuple[Tensor, Tensor]:
+    """The colours composited: RGB (SH evaluated towards the camera) with the camera z as a fourth channel
+    [N, 4], and the background [4] (depth 0 behind the Gaussians)."""
+    if sh_degree is not None:
+        campos = -viewmat[:3, :3].T @ viewmat[:3, 3]  # camera centre in world coordinates
+        rgb = _eval_sh(colors, means - campos, sh_degree)  # [N, 3]
+    else:
+        rgb = colors
+    return torch.cat([rgb, depths[:, None]], dim=1), torch.cat([background, background.new_zeros(1)])
+
+
+def _strategy_info(means2d: Tensor, proj: Projection, width: int, height: int) -> dict:
+    """The info dict of ``rasterize`` (gsplat's unpacked layout, one camera)."""
+    return {"means2d": means2d, "radii": proj.radii[None], "depths": proj.depths[None], "conics": proj.conics[None],
+            "width": width, "height": height, "n_cameras": 1, "gaussian_ids": None}
+
+
 def rasterize_torch(
     means: Tensor,  # [N, 3]
     quats: Tensor,  # [N, 4]
@@ -456,24 +474,8 @@ def rasterize_torch(
     # The [1, N, 2] tensor handed to the densification strategy must be the one the image is
     # computed from, so that its retained .grad is dL/dmeans2d.
     means2d = proj.means2d[None]  # [1, N, 2]
-    if sh_degree is not None:
-        campos = -viewmat[:3, :3].T @ viewmat[:3, 3]  # camera centre in world coordinates
-        rgb = _eval_sh(colors, means - campos, sh_degree)  # [N, 3]
-    else:
-        rgb = colors
-    # Depth rides along as a fourth colour channel (background 0): the compositing sums w_i z_i.
-    feats = torch.cat([rgb, proj.depths[:, None]], dim=1)  # [N, 4]
-    bg = torch.cat([background, background.new_zeros(1)])  # [4]
+    feats, bg = _features(means, colors, viewmat, sh_degree, proj.depths, background)
     bins = _bin_tiles(proj, width, height)
     out, alpha = _CompositeTiles.apply(means2d[0], proj.conics, feats, opacities, bg, bins, width, height)
-    info = {
-        "means2d": means2d,
-        "radii": proj.radii[None],  # [1, N, 2]
-        "depths": proj.depths[None],  # [1, N]
-        "conics": proj.conics[None],  # [1, N, 3]
-        "width": width,
-        "height": height,
-        "n_cameras": 1,
-        "gaussian_ids": None,
-    }
+    info = _strategy_info(means2d, proj, width, height)
     return out[..., :3], alpha, out[..., 3:], info
