@@ -156,6 +156,26 @@ def _random_scene(seed, n=200, sh_coeffs=9, width=40, height=32, dtype=torch.flo
     }
 
 
+def _head_scene(g: torch.Generator, n: int, width: int, height: int) -> dict:
+    """A dense, head-sized float32 cloud (all of ``rasterize``'s inputs but the image size): many tiles, pixels
+    that saturate, 50 Gaussians behind the camera."""
+    d = torch.randn(n, 3, generator=g)
+    means = d / d.norm(dim=1, keepdim=True) * torch.rand(n, 1, generator=g) ** 0.3 * 0.1
+    means = means + torch.tensor([0.0, 0.0, 0.75])
+    means[:50, 2] = -0.2  # behind the camera
+    focal = 0.8 * height * 0.75 / 0.2
+    return {
+        "means": means,
+        "quats": torch.randn(n, 4, generator=g),
+        "scales": 0.002 + 0.008 * torch.rand(n, 3, generator=g),
+        "opacities": torch.sigmoid(2.0 * torch.randn(n, generator=g)),
+        "colors": 0.3 * torch.randn(n, 9, 3, generator=g),
+        "viewmat": torch.eye(4),
+        "K": torch.tensor([[focal, 0.0, width / 2], [0.0, focal, height / 2], [0.0, 0.0, 1.0]]),
+        "background": torch.tensor([0.2, 0.3, 0.4]),
+    }
+
+
 def _render(scene, **kwargs):
     return rasterize(**scene, **kwargs)
 
@@ -414,22 +434,8 @@ def test_torch_backend_matches_gsplat_on_cuda(monkeypatch):
     """
     monkeypatch.setattr(torch.backends.cuda.matmul, "allow_tf32", False)  # full float32 matmuls
     g = torch.Generator().manual_seed(11)
-    n, width, height = 4000, 128, 96
-    d = torch.randn(n, 3, generator=g)
-    means = d / d.norm(dim=1, keepdim=True) * torch.rand(n, 1, generator=g) ** 0.3 * 0.1
-    means = means + torch.tensor([0.0, 0.0, 0.75])
-    means[:50, 2] = -0.2  # behind the camera
-    focal = 0.8 * height * 0.75 / 0.2
-    cpu = {
-        "means": means,
-        "quats": torch.randn(n, 4, generator=g),
-        "scales": 0.002 + 0.008 * torch.rand(n, 3, generator=g),
-        "opacities": torch.sigmoid(2.0 * torch.randn(n, generator=g)),
-        "colors": 0.3 * torch.randn(n, 9, 3, generator=g),
-        "viewmat": torch.eye(4),
-        "K": torch.tensor([[focal, 0.0, width / 2], [0.0, focal, height / 2], [0.0, 0.0, 1.0]]),
-        "background": torch.tensor([0.2, 0.3, 0.4]),
-    }
+    width, height = 128, 96
+    cpu = _head_scene(g, 4000, width, height)
     names = ("means", "quats", "scales", "opacities", "colors")
     outs, grads, m2d_grads = {}, {}, {}
     cot = [torch.randn(height, width, c, generator=g).cuda() for c in (3, 1, 1)]

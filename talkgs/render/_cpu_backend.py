@@ -76,24 +76,11 @@ class _CompositeCpu(torch.autograd.Function):
         return grads[:, :2], grads[:, 2:5], grads[:, 6:6 + c], v_opacities, v_bg, None, None, None, None, None
 
 
-def rasterize_cpu(
-    ext: ModuleType,
-    means: Tensor,  # [N, 3]
-    quats: Tensor,  # [N, 4]
-    scales: Tensor,  # [N, 3]
-    opacities: Tensor,  # [N]
-    colors: Tensor,  # [N, 3] or [N, K, 3]
-    viewmat: Tensor,  # [4, 4]
-    K: Tensor,  # [3, 3]
-    width: int,
-    height: int,
-    background: Tensor,  # [3]
-    sh_degree: int | None,
-    near_plane: float,
-    far_plane: float,
-) -> tuple[Tensor, Tensor, Tensor, dict]:
-    """``rasterize_torch`` on the compiled kernels: image [H, W, 3], alpha [H, W, 1], accumulated depth
-    [H, W, 1] and the strategy info (float32 CPU tensors)."""
+def rasterize_cpu(ext: ModuleType, means: Tensor, quats: Tensor, scales: Tensor, opacities: Tensor, colors: Tensor,
+                  viewmat: Tensor, K: Tensor, width: int, height: int, background: Tensor, sh_degree: int | None,
+                  near_plane: float, far_plane: float) -> tuple[Tensor, Tensor, Tensor, dict]:
+    """``rasterize_torch`` (same arguments and shapes, float32 CPU tensors) on the compiled kernels ``ext``:
+    image [H, W, 3], alpha [H, W, 1], accumulated depth [H, W, 1] and the strategy info."""
     if viewmat.requires_grad or K.requires_grad:
         proj = _project(means, quats, scales, opacities, viewmat, K, width, height, near_plane, far_plane)
     else:
