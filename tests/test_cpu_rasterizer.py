@@ -1,5 +1,6 @@
 """The compiled CPU rasterizer (talkgs/csrc/rasterize.cpp) against its twin, the PyTorch backend: projection,
-tile binning and compositing, forward (image, alpha, depth, the strategy's info) and backward (every input)."""
+SH colours, tile binning and compositing, forward (image, alpha, depth, the strategy's info) and backward
+(every input)."""
 
 from __future__ import annotations
 
@@ -10,7 +11,8 @@ import torch
 from test_render import INPUT_NAMES, _head_scene, _random_scene, _with_grad
 
 from talkgs.render import rasterize
-from talkgs.render._cpu_backend import cpu_kernels
+from talkgs.render._cpu_backend import _ShCpu, cpu_kernels
+from talkgs.render._torch_backend import _bin_tiles, _eval_sh, _project
 from talkgs.utils import cpu_ext
 
 pytestmark = pytest.mark.skipif(shutil.which("c++") is None, reason="no C++ compiler: the kernels cannot be built")
@@ -118,3 +120,48 @@ def test_nothing_visible():
     (out.image.sum() + out.depth.sum()).backward()
     assert (scene["means"].grad == 0).all()
     assert torch.equal(scene["background"].grad, torch.full((3,), 32.0 * 40.0))
+
+
+@pytest.mark.parametrize("threads", [1, 2])
+def test_tile_lists_equal_the_twins(kernels, threads):
+    """The compiled binning (radix sort, threads filling their runs of the order) gives exactly the twin's lists,
+    ties in depth included (they keep index order, as a stable sort does)."""
+    scene = _float32(_head_scene_4000(5))
+    with torch.no_grad():
+        scene["means"][1000:1400] = scene["means"][1000:1001]  # 400 Gaussians at one depth, on the same spot
+    args = [scene[k] for k in ("means", "quats", "scales", "opacities", "viewmat", "K", "width", "height")]
+    proj = _project(*args, 0.01, 1e10)
+    want = _bin_tiles(proj, scene["width"], scene["height"])
+    before = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    try:
+        ids, offsets, counts = kernels.bin_tiles(proj.means2d, proj.conics, proj.depths, proj.radii, proj.extents,
+                                                 scene["width"], scene["height"])
+    finally:
+        torch.set_num_threads(before)
+    assert want.ids.numel() > 4000
+    assert torch.equal(counts, want.counts) and torch.equal(offsets, want.offsets)
+    assert torch.equal(ids, want.ids)
+
+
+@pytest.mark.parametrize(("k", "degree"), [(1, 0), (4, 1), (9, 1), (9, 2)])
+def test_sh_colours_equal_the_twins(kernels, k, degree):
+    """SH colours towards the camera and their gradients (means, coefficients), clamped channels included."""
+    g = torch.Generator().manual_seed(k + degree)
+    means = torch.randn(3000, 3, generator=g).requires_grad_()
+    coeffs = (0.6 * torch.randn(3000, k, 3, generator=g)).requires_grad_()
+    viewmat = torch.eye(4)
+    viewmat[:3, 3] = torch.tensor([0.1, -0.2, 4.0])
+    cot = torch.randn(3000, 3, generator=g)
+    campos = -viewmat[:3, :3].T @ viewmat[:3, 3]
+    want = _eval_sh(coeffs, means - campos, degree)
+    got = _ShCpu.apply(means, coeffs, viewmat, degree, kernels)
+    assert (want == 0).any() and (want > 0).any(), "some channels must be clamped"
+    torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-6)
+    want_grads = torch.autograd.grad(want, (means, coeffs), cot, allow_unused=True)
+    got_grads = torch.autograd.grad(got, (means, coeffs), cot)
+    if degree == 0:
+        assert want_grads[0] is None and (got_grads[0] == 0).all()
+    else:
+        torch.testing.assert_close(got_grads[0], want_grads[0], rtol=1e-4, atol=1e-5)
+    torch.testing.assert_close(got_grads[1], want_grads[1], rtol=1e-5, atol=1e-6)

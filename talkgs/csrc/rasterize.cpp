@@ -1,4 +1,5 @@
-// CPU kernels of the Gaussian rasterizer: projection, tile binning and tile compositing, forward and backward.
+// CPU kernels of the Gaussian rasterizer: projection, SH colours, tile binning and tile compositing, forward and
+// backward.
 //
 // Twin of talkgs/render/_torch_backend.py (the reference, tested against these kernels): same conventions,
 // same culling, same per-tile front-to-back lists, same alpha thresholds and early stop, so a model renders
@@ -16,10 +17,13 @@
 #include <cstdint>
 #include <vector>
 
+#include <omp.h>
+
 namespace {
 
 constexpr int TILE = 16;
 constexpr int TP = TILE * TILE;  // pixels per tile
+constexpr int HALF = 8;  // pixels of a tile row in one AVX2 register
 constexpr float EPS2D = 0.3f;
 constexpr float ALPHA_MIN = 1.0f / 255.0f;
 constexpr float ALPHA_MAX = 0.999f;
@@ -274,6 +278,37 @@ inline bool ellipse_meets_tile(float mx, float my, float a, float b, float c, fl
 
 }  // namespace
 
+namespace {
+
+// The visible Gaussians (radius > 0) front to back. Visible depths lie in [near, far] with near > 0, and positive
+// floats order like their bit patterns, so an LSD radix sort of the bits (three 11-bit passes) sorts them; it is
+// stable, so equal depths keep index order, as the twin's stable argsort does. O(N), unlike a comparison sort.
+std::vector<int64_t> front_to_back(const float* depths, const int32_t* radii, int64_t n) {
+  std::vector<uint32_t> keys, keys_tmp;
+  std::vector<int64_t> order, order_tmp;
+  for (int64_t i = 0; i < n; ++i) {
+    if (radii[2 * i] <= 0) continue;
+    keys.push_back(__builtin_bit_cast(uint32_t, depths[i]));
+    order.push_back(i);
+  }
+  const size_t m = order.size();
+  keys_tmp.resize(m), order_tmp.resize(m);
+  constexpr int BITS = 11, BUCKETS = 1 << BITS;
+  for (int shift = 0; shift < 32; shift += BITS) {
+    std::vector<size_t> start(BUCKETS + 1, 0);
+    for (size_t j = 0; j < m; ++j) ++start[((keys[j] >> shift) & (BUCKETS - 1)) + 1];
+    for (int k = 0; k < BUCKETS; ++k) start[k + 1] += start[k];
+    for (size_t j = 0; j < m; ++j) {
+      const size_t dst = start[(keys[j] >> shift) & (BUCKETS - 1)]++;
+      keys_tmp[dst] = keys[j], order_tmp[dst] = order[j];
+    }
+    keys.swap(keys_tmp), order.swap(order_tmp);
+  }
+  return order;
+}
+
+}  // namespace
+
 // Per-tile front-to-back lists: (ids [P] int64, offsets [tiles] int64, counts [tiles] int64).
 std::vector<torch::Tensor> bin_tiles(torch::Tensor means2d, torch::Tensor conics, torch::Tensor depths,
                                      torch::Tensor radii, torch::Tensor extents, int64_t width, int64_t height) {
@@ -282,16 +317,10 @@ std::vector<torch::Tensor> bin_tiles(torch::Tensor means2d, torch::Tensor conics
   const int64_t n_tiles = static_cast<int64_t>(tiles_x) * tiles_y;
   const float* m2 = means2d.data_ptr<float>();
   const float* co = conics.data_ptr<float>();
-  const float* de = depths.data_ptr<float>();
-  const int32_t* ra = radii.data_ptr<int32_t>();
   const float* ex = extents.data_ptr<float>();
-  std::vector<int64_t> order;
-  order.reserve(n);
-  for (int64_t i = 0; i < n; ++i)
-    if (ra[2 * i] > 0) order.push_back(i);
-  std::stable_sort(order.begin(), order.end(), [de](int64_t a, int64_t b) { return de[a] < de[b]; });
-  auto counts = torch::zeros({n_tiles}, torch::kInt64);
-  int64_t* cnt = counts.data_ptr<int64_t>();
+  const int32_t* ra = radii.data_ptr<int32_t>();
+  const std::vector<int64_t> order = front_to_back(depths.data_ptr<float>(), ra, n);
+  const int64_t m = static_cast<int64_t>(order.size());
   auto visit = [&](int64_t i, auto&& emit) {
     const float mx = m2[2 * i], my = m2[2 * i + 1];
     const float a = co[3 * i], b = co[3 * i + 1], c = co[3 * i + 2], k2 = 1.01f * ex[i] * ex[i];
@@ -304,15 +333,40 @@ std::vector<torch::Tensor> bin_tiles(torch::Tensor means2d, torch::Tensor conics
       for (int tx = x0; tx < x1; ++tx)
         if (ellipse_meets_tile(mx, my, a, b, c, k2, tx, ty)) emit(static_cast<int64_t>(ty) * tiles_x + tx);
   };
-  for (int64_t i : order) visit(i, [cnt](int64_t t) { ++cnt[t]; });
+  // Each thread bins a contiguous run of the front-to-back order and writes its pairs after those of the runs
+  // before it, tile by tile: the lists come out in the serial order.
+  const int max_threads = omp_get_max_threads();
+  std::vector<int64_t> thread_counts(static_cast<size_t>(max_threads) * n_tiles, 0);
+  auto counts = torch::zeros({n_tiles}, torch::kInt64);
   auto offsets = torch::zeros({n_tiles}, torch::kInt64);
+  int64_t* cnt = counts.data_ptr<int64_t>();
   int64_t* off = offsets.data_ptr<int64_t>();
-  int64_t total = 0;
-  for (int64_t t = 0; t < n_tiles; ++t) off[t] = total, total += cnt[t];
-  auto ids = torch::empty({total}, torch::kInt64);
-  int64_t* id = ids.data_ptr<int64_t>();
-  std::vector<int64_t> fill(off, off + n_tiles);
-  for (int64_t i : order) visit(i, [&](int64_t t) { id[fill[t]++] = i; });
+  torch::Tensor ids;
+#pragma omp parallel
+  {
+    const int t = omp_get_thread_num(), nt = omp_get_num_threads();
+    const int64_t j0 = m * t / nt, j1 = m * (t + 1) / nt;
+    int64_t* mine = thread_counts.data() + static_cast<size_t>(t) * n_tiles;
+    for (int64_t j = j0; j < j1; ++j) visit(order[j], [mine](int64_t tile) { ++mine[tile]; });
+#pragma omp barrier
+#pragma omp single
+    {
+      int64_t total = 0;
+      for (int64_t tile = 0; tile < n_tiles; ++tile) {
+        off[tile] = total;
+        for (int u = 0; u < nt; ++u) {
+          int64_t& c = thread_counts[static_cast<size_t>(u) * n_tiles + tile];
+          const int64_t here = c;
+          c = total;  // from now on: where thread u writes its next pair of this tile
+          total += here;
+        }
+        cnt[tile] = total - off[tile];
+      }
+      ids = torch::empty({total}, torch::kInt64);
+    }  // implicit barrier
+    int64_t* id = ids.data_ptr<int64_t>();
+    for (int64_t j = j0; j < j1; ++j) visit(order[j], [&](int64_t tile) { id[mine[tile]++] = order[j]; });
+  }
   return {ids, offsets, counts};
 }
 
@@ -332,29 +386,43 @@ struct TilePixels {
   }
 };
 
-// One Gaussian's alpha parameters, and the pixels [p0, p1) of a tile it can reach: the rows its screen box
-// overlaps (with 0.01 px to spare against round-off). Outside the box alpha < 1/255, so skipping those
-// rows changes nothing; small Gaussians touch a few of the 16 rows.
-struct GaussianRow {
+// One Gaussian's alpha parameters, and the pixels of a tile it can reach: the rows and the 8-pixel half-rows
+// (one AVX2 register) its screen box overlaps, with 0.01 px to spare against round-off. Outside the box
+// alpha < 1/255, so skipping those pixels changes nothing; a small Gaussian touches a few rows of one half.
+// The pixels come as ``spans`` runs of ``len`` contiguous pixels, the s-th starting at start + s * TILE
+// (a box as wide as the tile is one run).
+struct GaussianBox {
   float mx, my, ha, b2, hc, log2_o;
-  int p0, p1;
-  GaussianRow(const float* m2, const float* co, float opacity, int32_t radius_y, int tile_y0) {
+  int start, len, spans;
+  GaussianBox(const float* m2, const float* co, float opacity, const int32_t* radius, int tile_x0, int tile_y0) {
     mx = m2[0], my = m2[1];
     ha = 0.5f * LOG2E * co[0], b2 = LOG2E * co[1], hc = 0.5f * LOG2E * co[2];
     log2_o = std::log2(std::max(opacity, ALPHA_MIN));
-    const float centre = my - static_cast<float>(tile_y0) - 0.5f;
-    const int r0 = std::max(static_cast<int>(std::ceil(centre - radius_y - 0.01f)), 0);
-    const int r1 = std::min(static_cast<int>(std::floor(centre + radius_y + 0.01f)), TILE - 1);
-    p0 = r0 * TILE, p1 = std::max(r1 + 1, r0) * TILE;
+    const float cy = my - static_cast<float>(tile_y0) - 0.5f, cx = mx - static_cast<float>(tile_x0) - 0.5f;
+    const float rx = static_cast<float>(radius[0]), ry = static_cast<float>(radius[1]);
+    const int r0 = std::max(static_cast<int>(std::ceil(cy - ry - 0.01f)), 0);
+    const int r1 = std::min(static_cast<int>(std::floor(cy + ry + 0.01f)), TILE - 1);
+    const int x0 = std::max(static_cast<int>(std::ceil(cx - rx - 0.01f)), 0);
+    const int x1 = std::min(static_cast<int>(std::floor(cx + rx + 0.01f)), TILE - 1);
+    const int c0 = (x0 / HALF) * HALF, c1 = (x1 / HALF + 1) * HALF;
+    if (r1 < r0 || x1 < x0) {
+      start = len = spans = 0;
+    } else if (c0 == 0 && c1 == TILE) {
+      start = r0 * TILE, len = (r1 + 1 - r0) * TILE, spans = 1;
+    } else {
+      start = r0 * TILE + c0, len = c1 - c0, spans = r1 + 1 - r0;
+    }
   }
 };
 
-// Whether any pixel in [p0, p1) still takes contributions: behind saturated pixels a Gaussian is skipped for
+// Whether any pixel of the box still takes contributions: behind saturated pixels a Gaussian is skipped for
 // the price of one pass over a mask instead of evaluating its alpha.
-inline bool any_live(const float* live, int p0, int p1) {
+inline bool any_live(const float* live, const GaussianBox& gb) {
   float sum = 0.0f;
+  for (int s = 0, p0 = gb.start; s < gb.spans; ++s, p0 += TILE) {
 #pragma omp simd reduction(+ : sum)
-  for (int p = p0; p < p1; ++p) sum += live[p];
+    for (int p = p0; p < p0 + gb.len; ++p) sum += live[p];
+  }
   return sum > 0.0f;
 }
 
@@ -398,27 +466,30 @@ std::vector<torch::Tensor> composite_forward(torch::Tensor means2d, torch::Tenso
       for (int p = 0; p < TP; ++p) T[p] = 1.0f, live[p] = pix.inside[p], wsum[p] = 0.0f;
       for (int64_t k = 0; k < cnt[tile]; ++k) {
         const int64_t g = id[off[tile] + k];
-        const GaussianRow gr(m2 + 2 * g, co + 3 * g, op[g], ra[2 * g + 1], pix.y0);
-        if (!any_live(live, gr.p0, gr.p1)) continue;
+        const GaussianBox gr(m2 + 2 * g, co + 3 * g, op[g], ra + 2 * g, pix.x0, pix.y0);
+        if (!any_live(live, gr)) continue;
+        for (int s = 0, p0 = gr.start; s < gr.spans; ++s, p0 += TILE) {
+          const int p1 = p0 + gr.len;
 #pragma omp simd
-        for (int p = gr.p0; p < gr.p1; ++p) {
-          const float dx = gr.mx - pix.px[p], dy = gr.my - pix.py[p];
-          const float raw = exp2_neg(gr.log2_o - gr.ha * dx * dx - gr.hc * dy * dy - gr.b2 * dx * dy);
-          const float a = raw >= ALPHA_MIN ? std::min(raw, ALPHA_MAX) : 0.0f;
-          const float next = T[p] * (1.0f - a);
-          // Masks as 0/1 floats, not bools: GCC vectorises the selects only then.
-          const float hit = a > 0.0f ? live[p] : 0.0f;                  // reaches the pixel
-          const float contributes = next > T_MIN ? hit : 0.0f;          // and does not saturate it
-          w[p] = contributes * a * T[p];
-          T[p] = contributes > 0.0f ? next : T[p];
-          live[p] -= hit - contributes;                                 // a saturating Gaussian stops the pixel
-          wsum[p] += w[p];
-        }
-        for (int c = 0; c < C; ++c) {
-          const float cc = col[g * C + c];
-          float* a = acc.data() + c * TP;
+          for (int p = p0; p < p1; ++p) {
+            const float dx = gr.mx - pix.px[p], dy = gr.my - pix.py[p];
+            const float raw = exp2_neg(gr.log2_o - gr.ha * dx * dx - gr.hc * dy * dy - gr.b2 * dx * dy);
+            const float a = raw >= ALPHA_MIN ? std::min(raw, ALPHA_MAX) : 0.0f;
+            const float next = T[p] * (1.0f - a);
+            // Masks as 0/1 floats, not bools: GCC vectorises the selects only then.
+            const float hit = a > 0.0f ? live[p] : 0.0f;                  // reaches the pixel
+            const float contributes = next > T_MIN ? hit : 0.0f;          // and does not saturate it
+            w[p] = contributes * a * T[p];
+            T[p] = contributes > 0.0f ? next : T[p];
+            live[p] -= hit - contributes;                                 // a saturating Gaussian stops the pixel
+            wsum[p] += w[p];
+          }
+          for (int c = 0; c < C; ++c) {
+            const float cc = col[g * C + c];
+            float* a = acc.data() + c * TP;
 #pragma omp simd
-          for (int p = gr.p0; p < gr.p1; ++p) a[p] += w[p] * cc;
+            for (int p = p0; p < p1; ++p) a[p] += w[p] * cc;
+          }
         }
         if ((k + 1) % STOP_CHECK == 0) {
           float any = 0.0f;
@@ -489,47 +560,50 @@ torch::Tensor composite_backward(torch::Tensor means2d, torch::Tensor conics, to
       }
       for (int64_t k = 0; k < cnt[tile]; ++k) {
         const int64_t g = id[off[tile] + k];
-        const GaussianRow gr(m2 + 2 * g, co + 3 * g, op[g], ra[2 * g + 1], pix.y0);
-        if (!any_live(live, gr.p0, gr.p1)) continue;
+        const GaussianBox gr(m2 + 2 * g, co + 3 * g, op[g], ra + 2 * g, pix.x0, pix.y0);
+        if (!any_live(live, gr)) continue;
         const float* cg = col + g * C;
-        for (int p = gr.p0; p < gr.p1; ++p) vw[p] = gal[p];  // dL/dweight: g . colour (and 1 for alpha)
-        for (int c = 0; c < C; ++c) {
-          const float* gc = grad.data() + c * TP;
-          const float cc = cg[c];
-#pragma omp simd
-          for (int p = gr.p0; p < gr.p1; ++p) vw[p] += gc[p] * cc;
-        }
-        float s0 = 0, sx = 0, sy = 0, sxx = 0, sxy = 0, syy = 0;
-#pragma omp simd reduction(+ : s0, sx, sy, sxx, sxy, syy)
-        for (int p = gr.p0; p < gr.p1; ++p) {
-          const float dx = gr.mx - pix.px[p], dy = gr.my - pix.py[p];
-          const float raw = exp2_neg(gr.log2_o - gr.ha * dx * dx - gr.hc * dy * dy - gr.b2 * dx * dy);
-          const float a = raw >= ALPHA_MIN ? std::min(raw, ALPHA_MAX) : 0.0f;
-          const float next = T[p] * (1.0f - a);
-          const float hit = a > 0.0f ? live[p] : 0.0f;
-          const float contributes = next > T_MIN ? hit : 0.0f;
-          const float wp = contributes * a * T[p];
-          prefix[p] += wp * vw[p];
-          const float v_a = T[p] * vw[p] - (total[p] - prefix[p]) / (1.0f - a);
-          // dalpha / dlog(alpha) = alpha where alpha is neither skipped nor clamped.
-          const float v = raw <= ALPHA_MAX ? contributes * v_a * raw : 0.0f;
-          w[p] = wp;
-          T[p] = contributes > 0.0f ? next : T[p];
-          live[p] -= hit - contributes;
-          s0 += v, sx += v * dx, sy += v * dy, sxx += v * dx * dx, sxy += v * dx * dy, syy += v * dy * dy;
-        }
         float* row = gr_out + (off[tile] + k) * R;
+        float s0 = 0, sx = 0, sy = 0, sxx = 0, sxy = 0, syy = 0;
+        for (int s = 0, p0 = gr.start; s < gr.spans; ++s, p0 += TILE) {
+          const int p1 = p0 + gr.len;
+          for (int p = p0; p < p1; ++p) vw[p] = gal[p];  // dL/dweight: g . colour (and 1 for alpha)
+          for (int c = 0; c < C; ++c) {
+            const float* gc = grad.data() + c * TP;
+            const float cc = cg[c];
+#pragma omp simd
+            for (int p = p0; p < p1; ++p) vw[p] += gc[p] * cc;
+          }
+#pragma omp simd reduction(+ : s0, sx, sy, sxx, sxy, syy)
+          for (int p = p0; p < p1; ++p) {
+            const float dx = gr.mx - pix.px[p], dy = gr.my - pix.py[p];
+            const float raw = exp2_neg(gr.log2_o - gr.ha * dx * dx - gr.hc * dy * dy - gr.b2 * dx * dy);
+            const float a = raw >= ALPHA_MIN ? std::min(raw, ALPHA_MAX) : 0.0f;
+            const float next = T[p] * (1.0f - a);
+            const float hit = a > 0.0f ? live[p] : 0.0f;
+            const float contributes = next > T_MIN ? hit : 0.0f;
+            const float wp = contributes * a * T[p];
+            prefix[p] += wp * vw[p];
+            const float v_a = T[p] * vw[p] - (total[p] - prefix[p]) / (1.0f - a);
+            // dalpha / dlog(alpha) = alpha where alpha is neither skipped nor clamped.
+            const float v = raw <= ALPHA_MAX ? contributes * v_a * raw : 0.0f;
+            w[p] = wp;
+            T[p] = contributes > 0.0f ? next : T[p];
+            live[p] -= hit - contributes;
+            s0 += v, sx += v * dx, sy += v * dy, sxx += v * dx * dx, sxy += v * dx * dy, syy += v * dy * dy;
+          }
+          for (int c = 0; c < C; ++c) {
+            const float* gc = grad.data() + c * TP;
+            float sc = 0;
+#pragma omp simd reduction(+ : sc)
+            for (int p = p0; p < p1; ++p) sc += w[p] * gc[p];
+            row[6 + c] += sc;
+          }
+        }
         const float ca = co[3 * g], cb = co[3 * g + 1], cc = co[3 * g + 2];
         // dL/dsigma = -vs; dsigma/dmean = (a dx + b dy, b dx + c dy); dsigma/dconic = (dx^2/2, dx dy, dy^2/2).
         row[0] = -(ca * sx + cb * sy), row[1] = -(cb * sx + cc * sy);
         row[2] = -0.5f * sxx, row[3] = -sxy, row[4] = -0.5f * syy, row[5] = s0;
-        for (int c = 0; c < C; ++c) {
-          const float* gc = grad.data() + c * TP;
-          float sc = 0;
-#pragma omp simd reduction(+ : sc)
-          for (int p = gr.p0; p < gr.p1; ++p) sc += w[p] * gc[p];
-          row[6 + c] = sc;
-        }
         if ((k + 1) % STOP_CHECK == 0) {
           float any = 0.0f;
 #pragma omp simd reduction(+ : any)
@@ -542,10 +616,114 @@ torch::Tensor composite_backward(torch::Tensor means2d, torch::Tensor conics, to
   return rows;
 }
 
+namespace {
+
+constexpr float SH_C0 = 0.28209479177387814f, SH_C1 = 0.4886025119029199f;
+constexpr float SH_C2[5] = {1.0925484305920792f, -1.0925484305920792f, 0.31539156525252005f,
+                            -1.0925484305920792f, 0.5462742152960396f};
+
+// The camera centre in world coordinates, -R^T t, from a world-to-camera matrix.
+void camera_centre(const torch::Tensor& viewmat, float* c) {
+  const float* V = viewmat.data_ptr<float>();
+  for (int k = 0; k < 3; ++k) c[k] = -(V[k] * V[3] + V[4 + k] * V[7] + V[8 + k] * V[11]);
+}
+
+// The SH basis (up to degree 2) at the unit direction (x, y, z), in the twin's order and signs.
+inline void sh_basis(float x, float y, float z, int degree, float* basis) {
+  basis[0] = SH_C0;
+  if (degree < 1) return;
+  basis[1] = -SH_C1 * y, basis[2] = SH_C1 * z, basis[3] = -SH_C1 * x;
+  if (degree < 2) return;
+  basis[4] = SH_C2[0] * x * y, basis[5] = SH_C2[1] * y * z, basis[6] = SH_C2[2] * (2 * z * z - x * x - y * y);
+  basis[7] = SH_C2[3] * x * z, basis[8] = SH_C2[4] * (x * x - y * y);
+}
+
+}  // namespace
+
+// RGB [N, 3] = max(sum_k basis_k(dir) coeffs[:, k] + 0.5, 0), dir = normalize(means - camera centre): the twin's
+// _eval_sh for degrees 0-2, one pass over the Gaussians instead of ~30 elementwise tensor operations.
+torch::Tensor sh_forward(torch::Tensor means, torch::Tensor coeffs, torch::Tensor viewmat, int64_t degree) {
+  check_cpu_float(means, "means", 2);
+  check_cpu_float(coeffs, "coeffs", 3);
+  check_cpu_float(viewmat, "viewmat", 2);
+  TORCH_CHECK(degree >= 0 && degree <= 2 && (degree + 1) * (degree + 1) <= coeffs.size(1), "bad SH degree");
+  const int64_t n = means.size(0), K = coeffs.size(1);
+  const int nb = static_cast<int>((degree + 1) * (degree + 1));
+  auto rgb = torch::empty({n, 3}, means.options());
+  float c[3];
+  camera_centre(viewmat, c);
+  const float* m = means.data_ptr<float>();
+  const float* sh = coeffs.data_ptr<float>();
+  float* out = rgb.data_ptr<float>();
+#pragma omp parallel for schedule(static)
+  for (int64_t i = 0; i < n; ++i) {
+    const float dx = m[3 * i] - c[0], dy = m[3 * i + 1] - c[1], dz = m[3 * i + 2] - c[2];
+    const float inv = 1.0f / std::max(std::sqrt(dx * dx + dy * dy + dz * dz), 1e-12f);  // F.normalize's eps
+    float basis[9];
+    sh_basis(dx * inv, dy * inv, dz * inv, static_cast<int>(degree), basis);
+    const float* ci = sh + i * K * 3;
+    for (int ch = 0; ch < 3; ++ch) {
+      float v = 0.0f;
+      for (int k = 0; k < nb; ++k) v += basis[k] * ci[3 * k + ch];
+      out[3 * i + ch] = std::max(v + 0.5f, 0.0f);
+    }
+  }
+  return rgb;
+}
+
+// Gradients of sh_forward w.r.t. means [N, 3] and coeffs [N, K, 3] (the camera is fixed). The clamp passes the
+// gradient where its input is >= 0, as torch.clamp_min does.
+std::vector<torch::Tensor> sh_backward(torch::Tensor means, torch::Tensor coeffs, torch::Tensor viewmat,
+                                       int64_t degree, torch::Tensor v_rgb) {
+  check_cpu_float(v_rgb, "v_rgb", 2);
+  const int64_t n = means.size(0), K = coeffs.size(1);
+  const int nb = static_cast<int>((degree + 1) * (degree + 1));
+  auto v_means = torch::zeros_like(means), v_coeffs = torch::zeros_like(coeffs);
+  float c[3];
+  camera_centre(viewmat, c);
+  const float* m = means.data_ptr<float>();
+  const float* sh = coeffs.data_ptr<float>();
+  const float* vr = v_rgb.data_ptr<float>();
+  float* gm = v_means.data_ptr<float>();
+  float* gc = v_coeffs.data_ptr<float>();
+#pragma omp parallel for schedule(static)
+  for (int64_t i = 0; i < n; ++i) {
+    const float dx = m[3 * i] - c[0], dy = m[3 * i + 1] - c[1], dz = m[3 * i + 2] - c[2];
+    const float norm = std::sqrt(dx * dx + dy * dy + dz * dz), inv = 1.0f / std::max(norm, 1e-12f);
+    const float x = dx * inv, y = dy * inv, z = dz * inv;
+    float basis[9];
+    sh_basis(x, y, z, static_cast<int>(degree), basis);
+    const float* ci = sh + i * K * 3;
+    float g[3];  // dL/d(SH sum) per channel, after the clamp
+    for (int ch = 0; ch < 3; ++ch) {
+      float v = 0.0f;
+      for (int k = 0; k < nb; ++k) v += basis[k] * ci[3 * k + ch];
+      g[ch] = v + 0.5f >= 0.0f ? vr[3 * i + ch] : 0.0f;
+      for (int k = 0; k < nb; ++k) gc[i * K * 3 + 3 * k + ch] = basis[k] * g[ch];
+    }
+    if (degree < 1) continue;
+    // dL/dbasis_k = g . coeffs_k, then through the basis to the unit direction.
+    float vb[9];
+    for (int k = 1; k < nb; ++k) vb[k] = g[0] * ci[3 * k] + g[1] * ci[3 * k + 1] + g[2] * ci[3 * k + 2];
+    float vx = -SH_C1 * vb[3], vy = -SH_C1 * vb[1], vz = SH_C1 * vb[2];
+    if (degree >= 2) {
+      vx += SH_C2[0] * y * vb[4] - 2 * SH_C2[2] * x * vb[6] + SH_C2[3] * z * vb[7] + 2 * SH_C2[4] * x * vb[8];
+      vy += SH_C2[0] * x * vb[4] + SH_C2[1] * z * vb[5] - 2 * SH_C2[2] * y * vb[6] - 2 * SH_C2[4] * y * vb[8];
+      vz += SH_C2[1] * y * vb[5] + 4 * SH_C2[2] * z * vb[6] + SH_C2[3] * x * vb[7];
+    }
+    // Through the normalisation: (v - u (u . v)) / |d|, or v / eps where F.normalize clamps the norm.
+    const float dot = norm > 1e-12f ? x * vx + y * vy + z * vz : 0.0f;
+    gm[3 * i] = (vx - x * dot) * inv, gm[3 * i + 1] = (vy - y * dot) * inv, gm[3 * i + 2] = (vz - z * dot) * inv;
+  }
+  return {v_means, v_coeffs};
+}
+
 PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   m.def("project_forward", &project_forward, "EWA projection of 3D Gaussians (CPU)");
   m.def("project_backward", &project_backward, "gradients of the projection (CPU)");
   m.def("bin_tiles", &bin_tiles, "front-to-back Gaussian lists per 16x16 tile (CPU)");
   m.def("composite_forward", &composite_forward, "tile compositing (CPU)");
   m.def("composite_backward", &composite_backward, "gradients of the tile compositing (CPU)");
+  m.def("sh_forward", &sh_forward, "SH colours towards the camera, degrees 0-2 (CPU)");
+  m.def("sh_backward", &sh_backward, "gradients of the SH colours (CPU)");
 }

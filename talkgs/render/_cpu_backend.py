@@ -1,9 +1,8 @@
 """The rasterizer on compiled CPU kernels (``talkgs/csrc/rasterize.cpp``): the twin of ``_torch_backend``.
 
-Same three stages, same conventions, same outputs: the projection and the compositing are autograd functions
-around the C++ forward and backward kernels, the tile binning has no gradient. Colours (SH evaluation) and the
-depth channel are made exactly as in the PyTorch backend. float32 only; a camera that needs gradients goes to
-the PyTorch projection (the kernels hold the camera fixed).
+Same stages, same conventions, same outputs: the projection, the SH colours and the compositing are autograd
+functions around the C++ forward and backward kernels, the tile binning has no gradient. float32 only; a camera
+that needs gradients goes to the PyTorch projection and SH (the kernels hold the camera fixed).
 """
 
 from __future__ import annotations
@@ -52,6 +51,32 @@ class _ProjectCpu(torch.autograd.Function):
         return v_means, v_quats, v_scales, None, None, None, None, None, None, None, None
 
 
+class _ShCpu(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, means, coeffs, viewmat, degree, ext):
+        ctx.save_for_backward(means, coeffs, viewmat)
+        ctx.degree, ctx.ext = degree, ext
+        return ext.sh_forward(means.contiguous(), coeffs.contiguous(), viewmat.contiguous(), degree)
+
+    @staticmethod
+    @once_differentiable
+    def backward(ctx, v_rgb):
+        means, coeffs, viewmat = ctx.saved_tensors
+        v_means, v_coeffs = ctx.ext.sh_backward(means.contiguous(), coeffs.contiguous(), viewmat.contiguous(),
+                                                ctx.degree, v_rgb.contiguous())
+        return v_means, v_coeffs, None, None, None
+
+
+def _features_cpu(ext: ModuleType, means: Tensor, colors: Tensor, viewmat: Tensor, sh_degree: int | None,
+                  depths: Tensor, background: Tensor) -> tuple[Tensor, Tensor]:
+    """``_torch_backend._features`` with the SH colours from the kernel (the twin's when the camera needs
+    gradients)."""
+    if sh_degree is None or viewmat.requires_grad:
+        return _features(means, colors, viewmat, sh_degree, depths, background)
+    rgb = _ShCpu.apply(means, colors, viewmat, sh_degree, ext)  # [N, 3]
+    return torch.cat([rgb, depths[:, None]], dim=1), torch.cat([background, background.new_zeros(1)])
+
+
 class _CompositeCpu(torch.autograd.Function):
     @staticmethod
     def forward(ctx, means2d, conics, colors, opacities, background, radii, bins: TileBins, width, height, ext):
@@ -87,7 +112,7 @@ def rasterize_cpu(ext: ModuleType, means: Tensor, quats: Tensor, scales: Tensor,
         proj = Projection(*_ProjectCpu.apply(means, quats, scales, opacities, viewmat, K, width, height,
                                              near_plane, far_plane, ext))
     means2d = proj.means2d[None]  # [1, N, 2]; the strategy reads its .grad
-    feats, bg = _features(means, colors, viewmat, sh_degree, proj.depths, background)
+    feats, bg = _features_cpu(ext, means, colors, viewmat, sh_degree, proj.depths, background)
     ids, offsets, counts = ext.bin_tiles(proj.means2d.detach(), proj.conics.detach(), proj.depths.detach(),
                                          proj.radii, proj.extents, width, height)
     bins = TileBins(ids, offsets, counts, -(-width // TILE), -(-height // TILE))
