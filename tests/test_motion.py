@@ -238,7 +238,7 @@ def test_head_first_layer_equals_the_concatenated_input():
 @pytest.mark.parametrize("layers", [1, 2, 3])
 def test_compiled_head_equals_the_torch_head(layers):
     """Without gradients on the CPU the per-frame head runs compiled (talkgs/csrc/fields.cpp): the same offsets as
-    the PyTorch head, for one frame and a batch, any number of hidden layers, N not a multiple of 8."""
+    the PyTorch head, for one frame and a batch, any number of hidden layers, N not a multiple of its 32-lane blocks."""
     from talkgs.utils.cpu_ext import load_cpu_ext
 
     assert load_cpu_ext("fields") is not None, "the kernel failed to build (see the warning above)"

@@ -1,0 +1,158 @@
+"""How far can speech evidence carry a mouth before any rendering? Other speakers' real mouths as the truth.
+
+    python tools/probe_mouth_evidence.py [--features V,VF,VFI] [--window 5] [--ridge 10] [--cache outputs/evidence]
+
+For the longest clip of every speaker in ../shared/data/video it reads, once (cached as .npz):
+
+- the real mouth opening, MediaPipe, 25 fps (``talkgs.eval.lipsync.mouth_openings``), with the clip's own
+  audio-video offset corrected as ``talkgs eval --drive-ref`` corrects it;
+- the ``visemes`` evidence of the soundtrack (V; what the code path's speech model reads);
+- formants F1 and F2 (F) and the intensity (I) from Praat (``praat-parselmouth``, needed only for F and I),
+  each normalised per clip, so that a voice's own range does not count.
+
+Then a ridge regression over +-window frames of the chosen evidence predicts the z-scored opening, and the
+prediction is scored like the rendered mouth (``drive_ref.aperture_correlation``, best lag within +-5):
+
+- ``subject-trained``: fitted on the anchor clip alone (what a fit does with its subject), scored on the
+  8 other speakers;
+- ``leave-one-speaker-out``: for each clip, fitted on every other speaker's clips (a multi-speaker prior).
+
+No rendering and no fitted head: a cheap ceiling for the code path's speech model.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+
+import numpy as np
+
+ROOT = Path(__file__).resolve().parents[1]
+FPS = 25.0
+SUBJECT = "anchor"
+
+
+def _clips() -> dict[str, Path]:
+    """The longest clip of each speaker, by speaker."""
+    from bench_lip_sync import SHARED, SPEAKER
+
+    from talkgs.utils import media
+
+    best: dict[str, tuple[float, Path]] = {}
+    for clip in sorted(SHARED.glob("*.mp4")):
+        speaker = SPEAKER.get(clip.stem)
+        duration = media.probe_video(clip).duration
+        if speaker is not None and (speaker not in best or duration > best[speaker][0]):
+            best[speaker] = (duration, clip)
+    return {s: best[s][1] for s in sorted(best)}
+
+
+def _collect(clip: Path, cache: Path) -> dict[str, np.ndarray]:
+    out = cache / f"{clip.stem}.npz"
+    if out.exists():
+        return dict(np.load(out))
+    from talkgs.eval.lipsync import _fill_gaps, mouth_openings
+    from talkgs.prepare.audio import encode_audio, feature_times
+    from talkgs.prepare.config import AudioConfig
+    from talkgs.prepare.sync import energy_envelope, estimate_offset, shift_audio
+    from talkgs.render.driver import read_speech
+    from talkgs.utils import media
+
+    samples = read_speech(clip)
+    info = media.probe_video(clip)
+    ref = mouth_openings(clip, (info.width, info.height), FPS)  # [F]
+    sr = media.SAMPLE_RATE
+    offset = estimate_offset(_fill_gaps(ref), energy_envelope(samples, sr, len(ref), FPS), FPS, 8)
+    samples = shift_audio(samples, offset.frames if offset.confident else 0, sr, FPS)
+    n = len(ref)
+    data = {"ref": ref, "visemes": encode_audio("visemes", samples, n, FPS, AudioConfig()).mean(1)}  # [F, 16]
+    try:
+        import parselmouth
+    except ImportError:
+        parselmouth = None
+    if parselmouth is not None:
+        times = feature_times(n, FPS).reshape(-1)
+        sound = parselmouth.Sound(samples.astype(np.float64), sampling_frequency=sr)
+        formant = sound.to_formant_burg(time_step=0.01, max_number_of_formants=5, maximum_formant=5500.0)
+        intensity = sound.to_intensity(minimum_pitch=75.0, time_step=0.01)
+        data["formants"] = np.array([[formant.get_value_at_time(k, t) for k in (1, 2)] for t in times]).reshape(n, 2, 2)
+        data["intensity"] = np.array([intensity.get_value(t) for t in times]).reshape(n, 2)
+    cache.mkdir(parents=True, exist_ok=True)
+    np.savez(out, **data)
+    return data
+
+
+def _per_clip_z(x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """[F, 2] track with NaN where undefined -> (per-clip z-score averaged over the two steps, defined share)."""
+    ok = np.isfinite(x)
+    v = x[ok]
+    z = np.where(ok, (x - np.median(v)) / max(float(v.std()), 1e-9), 0.0)
+    return z.mean(1), ok.mean(1)
+
+
+def design(data: dict[str, np.ndarray], kind: str, window: int) -> np.ndarray:
+    """[F, (2W+1) D + 1] windows of the evidence named by the letters of ``kind`` (V, F, I), and a bias."""
+    cols = []
+    if "V" in kind:
+        cols.append(data["visemes"])
+    if "F" in kind or "I" in kind:
+        if "formants" not in data:
+            raise SystemExit("error: F and I need praat-parselmouth (pip install praat-parselmouth), "
+                             "and a --cache made with it")
+    if "F" in kind:
+        for k in range(2):
+            z, ok = _per_clip_z(data["formants"][:, :, k])
+            cols.append(z[:, None])
+        cols.append(ok[:, None])
+    if "I" in kind:
+        z, _ = _per_clip_z(data["intensity"])
+        cols.append(z[:, None])
+    x = np.concatenate(cols, 1)
+    n = len(x)
+    pad = np.pad(x, ((window, window), (0, 0)), mode="edge")
+    return np.concatenate([pad[i:i + n] for i in range(2 * window + 1)] + [np.ones((n, 1))], 1)
+
+
+def _ridge(x: np.ndarray, y: np.ndarray, lam: float) -> np.ndarray:
+    penalty = np.full(x.shape[1], lam)
+    penalty[-1] = 0.0  # the bias is free
+    return np.linalg.solve(x.T @ x + np.diag(penalty), x.T @ y)
+
+
+def main() -> None:
+    from talkgs.eval.drive_ref import _zscore, aperture_correlation
+
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--features", default="V,VF,VI,VFI")
+    p.add_argument("--window", type=int, default=5)
+    p.add_argument("--ridge", type=float, default=10.0, help="per training clip (the code path's default is 10)")
+    p.add_argument("--cache", default=str(ROOT / "outputs" / "evidence"))
+    args = p.parse_args()
+    clips = _clips()
+    data = {s: _collect(c, Path(args.cache)) for s, c in clips.items()}
+    results = {}
+    for kind in args.features.split(","):
+        x = {s: design(d, kind, args.window) for s, d in data.items()}
+        y = {s: _zscore(d["ref"]) for s, d in data.items()}
+        w_subject = _ridge(x[SUBJECT], y[SUBJECT], args.ridge)
+        subject_trained = {s: aperture_correlation(x[s] @ w_subject, data[s]["ref"], 5)[0]
+                           for s in data if s != SUBJECT}
+        loso = {}
+        for s in data:
+            others = [o for o in data if o != s]
+            w = _ridge(np.concatenate([x[o] for o in others]), np.concatenate([y[o] for o in others]),
+                       args.ridge * len(others))
+            loso[s] = aperture_correlation(x[s] @ w, data[s]["ref"], 5)[0]
+        results[kind] = {"subject_trained_median": round(float(np.median(list(subject_trained.values()))), 3),
+                         "leave_one_speaker_out_median": round(float(np.median(list(loso.values()))), 3),
+                         "subject_trained": {s: round(v, 3) for s, v in subject_trained.items()},
+                         "leave_one_speaker_out": {s: round(v, 3) for s, v in loso.items()}}
+        print(f"{kind:4s} subject-trained (on {SUBJECT}) median {results[kind]['subject_trained_median']:.3f}   "
+              f"leave-one-speaker-out median {results[kind]['leave_one_speaker_out_median']:.3f}")
+    print(json.dumps({"clips": {s: c.name for s, c in clips.items()}, "window": args.window, "ridge": args.ridge,
+                      "results": results}, indent=1))
+
+
+if __name__ == "__main__":
+    main()
