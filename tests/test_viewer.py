@@ -186,6 +186,27 @@ def test_frames_are_the_renderers_for_the_audio_time(viewer):
     assert _get(f"{url}frame?clip=nope&t=0")[0] == 400 and _get(f"{url}frame?t=x")[0] == 400
 
 
+def test_a_miss_deforms_the_frames_ahead_in_one_batch(viewer):
+    """A frame not cached yet is deformed with the next ``deform_ahead`` frames (what a playing tab asks for next);
+    each cached frame equals the frame deformed alone."""
+    import torch
+
+    engine = viewer[0].engine
+    clip, ahead = engine.clips["own"], engine.cfg.deform_ahead
+    assert clip.num_frames > 10 + ahead
+    with engine._lock, torch.no_grad():
+        engine._deform_cache.clear()
+        assert engine._deformed(clip, 10, "natural").num_frames == 1
+        assert sorted(k[1] for k in engine._deform_cache) == list(range(10, 10 + ahead))
+        got = engine._deformed(clip, 13, "natural")
+        lone = engine.renderer.deform(clip.features, np.array([13]), track=engine._track("natural"))
+    assert len(engine._deform_cache) == ahead  # a hit deforms nothing
+    for branch in ("face", "mouth"):
+        for k, v in getattr(lone, branch).items():
+            torch.testing.assert_close(getattr(got, branch)[k], v, rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(got.face_deltas.d_means, lone.face_deltas.d_means, rtol=1e-5, atol=1e-6)
+
+
 def test_audio_is_served_as_wav_with_ranges(viewer):
     server, url = viewer
     status, headers, wav = _get(url + "audio/own")

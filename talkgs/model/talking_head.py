@@ -82,6 +82,17 @@ class Deformation:
     def num_frames(self) -> int:
         return int(self.face["means"].shape[0])
 
+    def frame(self, b: int) -> Deformation:
+        """Frame ``b`` alone, as a one-frame deformation (views, no copies)."""
+        def one(d: MotionDeltas | None) -> MotionDeltas | None:
+            if d is None:
+                return None
+            return dataclasses.replace(d, **{k: getattr(d, k)[b:b + 1] for k in ("d_means", "d_quats", "d_scales")
+                                             if getattr(d, k) is not None})
+        return Deformation({k: v[b:b + 1] for k, v in self.face.items()},
+                           {k: v[b:b + 1] for k, v in self.mouth.items()}, one(self.face_deltas),
+                           one(self.mouth_deltas))
+
 
 def _still(model: GaussianModel, batch: int) -> dict[str, Tensor]:
     """The activated Gaussians of ``model`` repeated (as views) for ``batch`` frames."""

@@ -32,7 +32,7 @@ OWN_CLIP = "own"
 LAYER_NAMES = ("face", "mouth", "torso", "background")
 #: Colours (RGB) of the Gaussian centres overlay: face and mouth-interior branches.
 CENTRE_COLOURS = {"face": (60, 255, 60), "mouth": (255, 60, 255)}
-#: Deformed frames kept (``ViewerEngine._deformed``): a few, for a few paused tabs.
+#: Deformed frames kept (``ViewerEngine._deformed``) beyond the batch being played: a few paused tabs.
 DEFORM_CACHE = 4
 #: Smallest side of a frame with the centres drawn (see ``ViewerEngine.draw_centres``).
 CENTRES_MIN_SIZE = 256
@@ -284,18 +284,22 @@ class ViewerEngine:
 
         The audio- and blink-driven deformation does not depend on the camera, and on a CPU it costs
         about as much as rasterizing: a paused tab whose camera is dragged reuses it, so only the
-        rasterization is paid per frame.
+        rasterization is paid per frame. A miss deforms ``cfg.deform_ahead`` frames from ``index`` on in one
+        batch, the frames a playing tab asks for next.
         """
         key = (clip.id, index, blink)
         hit = self._deform_cache.get(key)
         if hit is not None:
             self._deform_cache.move_to_end(key)
             return hit
-        hit = self.renderer.deform(clip.features, [index], track=self._track(blink))
-        self._deform_cache[key] = hit
-        while len(self._deform_cache) > DEFORM_CACHE:
+        frames = np.arange(index, min(index + self.cfg.deform_ahead, clip.num_frames))
+        batch = self.renderer.deform(clip.features, frames, track=self._track(blink))
+        for b, i in enumerate(frames):
+            self._deform_cache[(clip.id, int(i), blink)] = batch.frame(b)
+        self._deform_cache.move_to_end(key)
+        while len(self._deform_cache) > DEFORM_CACHE + self.cfg.deform_ahead:
             self._deform_cache.popitem(last=False)
-        return hit
+        return self._deform_cache[key]
 
     def render_image(self, req: FrameRequest) -> tuple[np.ndarray, int, float, float]:
         """(uint8 [S, S, 3] frame, clip frame index, wait ms, render ms) of ``req``."""
