@@ -276,10 +276,6 @@ inline bool ellipse_meets_tile(float mx, float my, float a, float b, float c, fl
   return qmin <= k2;
 }
 
-}  // namespace
-
-namespace {
-
 // The visible Gaussians (radius > 0) front to back. Visible depths lie in [near, far] with near > 0, and positive
 // floats order like their bit patterns, so an LSD radix sort of the bits (three 11-bit passes) sorts them; it is
 // stable, so equal depths keep index order, as the twin's stable argsort does. O(N), unlike a comparison sort.
