@@ -15,7 +15,10 @@ prediction is scored like the rendered mouth (``drive_ref.aperture_correlation``
 
 - ``subject-trained``: fitted on the anchor clip alone (what a fit does with its subject), scored on the
   8 other speakers;
-- ``leave-one-speaker-out``: for each clip, fitted on every other speaker's clips (a multi-speaker prior).
+- ``leave-one-speaker-out``: for each clip, fitted on every other speaker's clips (a multi-speaker prior);
+- ``public-domain prior``: fitted on the anchor pooled with every public-domain clip (``_pd_`` in the name:
+  Obama and Reagan, which may be copied into the project), scored on the speakers with no such clip, beside
+  the anchor alone on the same speakers.
 
 No rendering and no fitted head: a cheap ceiling for the code path's speech model.
 """
@@ -46,6 +49,12 @@ def _clips() -> dict[str, Path]:
         if speaker is not None and (speaker not in best or duration > best[speaker][0]):
             best[speaker] = (duration, clip)
     return {s: best[s][1] for s in sorted(best)}
+
+
+def _public_domain() -> list[Path]:
+    from bench_lip_sync import SHARED
+
+    return sorted(SHARED.glob("*_pd_*.mp4"))
 
 
 def _collect(clip: Path, cache: Path) -> dict[str, np.ndarray]:
@@ -129,8 +138,12 @@ def main() -> None:
     p.add_argument("--ridge", type=float, default=10.0, help="per training clip (the code path's default is 10)")
     p.add_argument("--cache", default=str(ROOT / "outputs" / "evidence"))
     args = p.parse_args()
+    from bench_lip_sync import SPEAKER
+
     clips = _clips()
     data = {s: _collect(c, Path(args.cache)) for s, c in clips.items()}
+    prior = {c.stem: _collect(c, Path(args.cache)) for c in _public_domain()}
+    unseen = [s for s in data if s != SUBJECT and s not in {SPEAKER[c] for c in prior}]
     results = {}
     for kind in args.features.split(","):
         x = {s: design(d, kind, args.window) for s, d in data.items()}
@@ -144,14 +157,25 @@ def main() -> None:
             w = _ridge(np.concatenate([x[o] for o in others]), np.concatenate([y[o] for o in others]),
                        args.ridge * len(others))
             loso[s] = aperture_correlation(x[s] @ w, data[s]["ref"], 5)[0]
+        xp = [x[SUBJECT], *(design(d, kind, args.window) for d in prior.values())]
+        yp = [y[SUBJECT], *(_zscore(d["ref"]) for d in prior.values())]
+        w_prior = _ridge(np.concatenate(xp), np.concatenate(yp), args.ridge * len(xp))
+        with_prior = {s: aperture_correlation(x[s] @ w_prior, data[s]["ref"], 5)[0] for s in unseen}
         results[kind] = {"subject_trained_median": round(float(np.median(list(subject_trained.values()))), 3),
+                         "public_domain_prior_median": round(float(np.median(list(with_prior.values()))), 3),
+                         "subject_trained_median_same_speakers":
+                             round(float(np.median([subject_trained[s] for s in unseen])), 3),
+                         "public_domain_prior": {s: round(v, 3) for s, v in with_prior.items()},
                          "leave_one_speaker_out_median": round(float(np.median(list(loso.values()))), 3),
                          "subject_trained": {s: round(v, 3) for s, v in subject_trained.items()},
                          "leave_one_speaker_out": {s: round(v, 3) for s, v in loso.items()}}
-        print(f"{kind:4s} subject-trained (on {SUBJECT}) median {results[kind]['subject_trained_median']:.3f}   "
-              f"leave-one-speaker-out median {results[kind]['leave_one_speaker_out_median']:.3f}")
-    print(json.dumps({"clips": {s: c.name for s, c in clips.items()}, "window": args.window, "ridge": args.ridge,
-                      "results": results}, indent=1))
+        r = results[kind]
+        print(f"{kind:4s} subject-trained (on {SUBJECT}) median {r['subject_trained_median']:.3f}   "
+              f"leave-one-speaker-out median {r['leave_one_speaker_out_median']:.3f}   "
+              f"{SUBJECT} + public-domain prior {r['public_domain_prior_median']:.3f} "
+              f"({SUBJECT} alone on the same {len(unseen)}: {r['subject_trained_median_same_speakers']:.3f})")
+    print(json.dumps({"clips": {s: c.name for s, c in clips.items()}, "prior_clips": sorted(prior),
+                      "window": args.window, "ridge": args.ridge, "results": results}, indent=1))
 
 
 if __name__ == "__main__":
