@@ -28,6 +28,7 @@ from talkgs.model.fitted import FittedModel, Replay, encode_layer, header_for, l
 from talkgs.model.gaussians import GaussianModel
 from talkgs.model.init_head import initial_points, mouth_points
 from talkgs.model.losses import psnr, ssim
+from talkgs.model.mouth_code import load_prior
 from talkgs.model.talking_head import TalkingHead
 from talkgs.train.checkpoint import load_checkpoint, save_checkpoint
 from talkgs.train.config import FitConfig, StageConfig
@@ -171,8 +172,23 @@ class Trainer:
             log.info(f"mouth code: {cfg.head.code.components} components keep {100 * kept:.1f} % of the lip and "
                      "jaw movement of the training frames")
             features = ctx.require_audio("the mouth code's speech model").cpu()
-            head.speech.fit(features, head.mouth_code.encode(canonical), torch.as_tensor(train))
+            head.speech.fit(features, head.mouth_code.encode(canonical), torch.as_tensor(train),
+                            prior=self._speech_prior(head))
         return head
+
+    def _speech_prior(self, head: TalkingHead) -> list[tuple[torch.Tensor, torch.Tensor]] | None:
+        """Other speakers' (evidence, codes in this subject's basis) when ``head.code.prior`` asks for them."""
+        cfg = self.cfg.head
+        if not cfg.code.prior:
+            return None
+        if list(cfg.audio_encoders) != ["visemes"]:
+            log.warn(f"head.code.prior needs audio_encoders [visemes], not {list(cfg.audio_encoders)}: the speech "
+                     "model is fitted on the subject alone")
+            return None
+        clips = load_prior(self.subject.fps)
+        log.info(f"speech model: the subject's frames pooled with {sum(len(e) for e, _ in clips)} frames of "
+                 f"{len(clips)} other clips (head.code.prior)")
+        return [(torch.from_numpy(e), head.mouth_code.transfer_mouth(m)) for e, m in clips]
 
     @torch.no_grad()
     def _speech_report(self, ctx: FitContext, head: TalkingHead) -> dict:

@@ -1,0 +1,64 @@
+"""Write talkgs/data/mouth_prior.npz: public-domain speakers' speech evidence and mouths, the speech model's prior.
+
+    python tools/make_mouth_prior.py [--out talkgs/data/mouth_prior.npz]
+
+For every public-domain clip of ../shared/data/video (``_pd_`` in the name: Obama and Reagan, which its README
+allows copying into the project) it stores:
+
+- ``<clip>.evidence`` [T, D] float16: the ``visemes`` encoder's evidence at ``PRIOR_EVIDENCE_HZ`` (word
+  recognition, forced alignment and relative loudness over the whole clip, as ``talkgs prepare`` computes it),
+  after the clip's own audio-video offset is corrected as ``talkgs eval --drive-ref`` corrects a reference;
+- ``<clip>.mouth`` [F, L, 3] float16: the canonical lip and jaw landmarks (``mouth_code.MOUTH_IDS``, metres)
+  tracked at ``PRIOR_TRACK_FPS`` as ``talkgs render --drive`` tracks a driving video.
+
+``talkgs.model.mouth_code.load_prior`` samples both at a subject's frame rate when a fit pools them with the
+subject's own frames (``MouthCodeConfig.prior``).
+"""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+import numpy as np
+
+ROOT = Path(__file__).resolve().parents[1]
+SHARED = ROOT.parent / "shared" / "data" / "video"
+
+
+def main() -> None:
+    from talkgs.model.mouth_code import MOUTH_IDS
+    from talkgs.model.mouth_code import PRIOR_EVIDENCE_HZ as HZ
+    from talkgs.model.mouth_code import PRIOR_TRACK_FPS as FPS
+    from talkgs.prepare import topology as topo
+    from talkgs.prepare.audio import _viseme_features, align_phones
+    from talkgs.prepare.pipeline import track_face
+    from talkgs.prepare.sync import energy_envelope, estimate_offset, shift_audio
+    from talkgs.render.driver import read_speech
+    from talkgs.utils import media
+
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--out", type=Path, default=ROOT / "talkgs" / "data" / "mouth_prior.npz")
+    args = p.parse_args()
+    arrays: dict[str, np.ndarray] = {"evidence_hz": np.array(HZ), "track_fps": np.array(FPS)}
+    for clip in sorted(SHARED.glob("*_pd_*.mp4")):
+        canonical = track_face(clip, FPS)  # [F, 478, 3]
+        upper, lower = topo.INNER_LIP_MID
+        opening = np.linalg.norm(canonical[:, upper] - canonical[:, lower], axis=-1)
+        samples = read_speech(clip)
+        sr = media.SAMPLE_RATE
+        offset = estimate_offset(opening, energy_envelope(samples, sr, len(opening), FPS), FPS, 8)
+        samples = shift_audio(samples, offset.frames if offset.confident else 0, sr, FPS)
+        times = np.arange(0.0, len(canonical) / FPS, 1.0 / HZ)
+        evidence = _viseme_features(align_phones(samples)[0], samples, 0.0, times, sr)  # [T, D]
+        arrays[f"{clip.stem}.evidence"] = evidence.astype(np.float16)
+        arrays[f"{clip.stem}.mouth"] = canonical[:, list(MOUTH_IDS)].astype(np.float16)
+        print(f"{clip.name}: {len(canonical)} frames, audio offset {offset.frames} "
+              f"({'applied' if offset.confident else 'not confident'})")
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    np.savez_compressed(args.out, **arrays)
+    print(f"wrote {args.out} ({args.out.stat().st_size / 1e6:.2f} MB)")
+
+
+if __name__ == "__main__":
+    main()
