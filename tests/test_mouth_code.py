@@ -225,3 +225,29 @@ def test_local_error_check_finds_a_stray_spot(fitted_code):
     assert local_excess(moving, still, batch.image, batch.labels) < LOCAL_EXCESS_MAX
 
 
+
+
+def test_a_fit_passes_the_prior_only_when_asked_and_possible(demo, capsys):
+    """``head.code.prior`` gives the speech model the prior's clips in the subject's basis; without the
+    ``visemes`` encoder alone it says so in one line and fits on the subject alone."""
+    from types import SimpleNamespace
+
+    from talkgs.model.talking_head import HeadConfig
+    from talkgs.train.trainer import Trainer
+
+    subject, basis, _, _ = demo
+    head = SimpleNamespace(mouth_code=basis)
+
+    def trainer(**code):
+        encoders = code.pop("encoders", ("visemes",))
+        cfg = HeadConfig(drive="code", audio_encoders=encoders, code=MouthCodeConfig(**code))
+        return SimpleNamespace(cfg=SimpleNamespace(head=cfg), subject=subject)
+
+    assert Trainer._speech_prior(trainer(), head) is None
+    clips = Trainer._speech_prior(trainer(prior=True), head)
+    assert len(clips) == 4 and all(e.shape[0] == c.shape[0] and c.shape[1] == basis.components.shape[0]
+                                   for e, c in clips)
+    capsys.readouterr()
+    assert Trainer._speech_prior(trainer(prior=True, encoders=("visemes", "mel")), head) is None
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "head.code.prior needs audio_encoders [visemes]" in err[0]
