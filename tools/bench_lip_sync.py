@@ -45,23 +45,30 @@ SPEAKER = {
     "retalk_swalwell_en_5s_844": "swalwell",
 }
 SUBJECT_SPEAKER = {"demo": "obama", "anchor": "anchor"}
+#: Speakers of the public-domain clips, which talkgs/data/mouth_prior.npz holds (``head.code.prior``).
+PRIOR_SPEAKERS = {SPEAKER[c] for c in SPEAKER if "_pd_" in c}
 #: Fit settings per drive path, over the cpu preset.
 PATH_OVERRIDES = {"audio": {}, "code": {"head": {"drive": "code", "audio_encoders": ["visemes"]}}}
 
 
-def drivers(subject: str) -> list[Path]:
-    """The longest clip of every speaker other than the subject's."""
+def longest_clips() -> dict[str, Path]:
+    """The longest clip of every speaker in ../shared/data/video, by speaker."""
     from talkgs.utils import media
 
     best: dict[str, tuple[float, Path]] = {}
     for clip in sorted(SHARED.glob("*.mp4")):
         speaker = SPEAKER.get(clip.stem)
-        if speaker is None or speaker == SUBJECT_SPEAKER[subject]:
+        if speaker is None:
             continue
         duration = media.probe_video(clip).duration
         if speaker not in best or duration > best[speaker][0]:
             best[speaker] = (duration, clip)
-    return [best[s][1] for s in sorted(best)]
+    return {s: best[s][1] for s in sorted(best)}
+
+
+def drivers(subject: str) -> list[Path]:
+    """The longest clip of every speaker other than the subject's."""
+    return [clip for speaker, clip in longest_clips().items() if speaker != SUBJECT_SPEAKER[subject]]
 
 
 def fitted_subject(subject: str, path: str, work: Path, seed: int) -> tuple[Path, dict]:

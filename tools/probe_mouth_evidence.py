@@ -36,21 +36,6 @@ FPS = 25.0
 SUBJECT = "anchor"
 
 
-def _clips() -> dict[str, Path]:
-    """The longest clip of each speaker, by speaker."""
-    from bench_lip_sync import SHARED, SPEAKER
-
-    from talkgs.utils import media
-
-    best: dict[str, tuple[float, Path]] = {}
-    for clip in sorted(SHARED.glob("*.mp4")):
-        speaker = SPEAKER.get(clip.stem)
-        duration = media.probe_video(clip).duration
-        if speaker is not None and (speaker not in best or duration > best[speaker][0]):
-            best[speaker] = (duration, clip)
-    return {s: best[s][1] for s in sorted(best)}
-
-
 def _public_domain() -> list[Path]:
     from bench_lip_sync import SHARED
 
@@ -138,12 +123,12 @@ def main() -> None:
     p.add_argument("--ridge", type=float, default=10.0, help="per training clip (the code path's default is 10)")
     p.add_argument("--cache", default=str(ROOT / "outputs" / "evidence"))
     args = p.parse_args()
-    from bench_lip_sync import SPEAKER
+    from bench_lip_sync import PRIOR_SPEAKERS, longest_clips
 
-    clips = _clips()
+    clips = longest_clips()
     data = {s: _collect(c, Path(args.cache)) for s, c in clips.items()}
     prior = {c.stem: _collect(c, Path(args.cache)) for c in _public_domain()}
-    unseen = [s for s in data if s != SUBJECT and s not in {SPEAKER[c] for c in prior}]
+    unseen = [s for s in data if s != SUBJECT and s not in PRIOR_SPEAKERS]
     results = {}
     for kind in args.features.split(","):
         x = {s: design(d, kind, args.window) for s, d in data.items()}

@@ -21,8 +21,8 @@ ROOT = Path(__file__).resolve().parents[1]
 
 def main() -> None:
     import torch
-    from bench_lip_sync import SPEAKER
-    from probe_mouth_evidence import _clips, _collect
+    from bench_lip_sync import PRIOR_SPEAKERS, longest_clips
+    from probe_mouth_evidence import _collect
 
     from talkgs.data.subject import Subject
     from talkgs.eval.drive_ref import aperture_correlation
@@ -33,8 +33,7 @@ def main() -> None:
     p.add_argument("--work", type=Path, default=ROOT / "outputs" / "bench256")
     p.add_argument("--cache", type=Path, default=ROOT / "outputs" / "evidence")
     args = p.parse_args()
-    in_prior = {SPEAKER[c] for c in SPEAKER if "_pd_" in c}
-    others = {s: _collect(c, args.cache) for s, c in _clips().items() if s not in in_prior | {"anchor"}}
+    others = {s: _collect(c, args.cache) for s, c in longest_clips().items() if s not in PRIOR_SPEAKERS | {"anchor"}}
     for name in ("demo", "anchor"):
         subject = Subject(args.work / f"{name}_code")
         basis = MouthBasis(MouthCodeConfig())

@@ -20,7 +20,7 @@ from pathlib import Path
 
 def main() -> None:
     import torch
-    from bench_lip_sync import SPEAKER, SUBJECT_SPEAKER, drivers
+    from bench_lip_sync import PRIOR_SPEAKERS, SPEAKER, SUBJECT_SPEAKER, drivers
 
     from talkgs.eval.drive_ref import evaluate_drive_ref
     from talkgs.eval.evaluate import evaluate, load_fitted
@@ -46,10 +46,9 @@ def main() -> None:
         if args.prior else None
     head.speech.fit(frames.features.cpu(), codes, torch.as_tensor(frames.subject.train_indices), prior=prior)
     model.save(args.out / "fit" / "model.safetensors")
-    in_prior = {SPEAKER[c] for c in SPEAKER if "_pd_" in c}
     result = {"subject": str(args.subject), "prior": args.prior, "prior_weight": args.prior_weight, "drive": {}}
     for clip in drivers(args.name):
-        if SPEAKER[clip.stem] in in_prior:
+        if SPEAKER[clip.stem] in PRIOR_SPEAKERS:
             continue
         r = evaluate_drive_ref(args.out, clip, "cpu", drive="audio")
         result["drive"][clip.stem] = {k: r[k] for k in ("aperture_corr", "lag_frames", "closure_recall",

@@ -152,14 +152,16 @@ class MouthBasis(nn.Module):
         """Codes [T, C] for another person's canonical landmarks [T, 478, 3]: their mouth's movement about
         its own mean in this subject's components (canonical space has the same eye width for everyone),
         kept inside the range of the subject's training codes."""
-        return self.transfer_mouth(_mouth_points(canonical).reshape(-1, len(MOUTH_IDS), 3))
+        return self._transfer(_mouth_points(canonical))
 
     def transfer_mouth(self, mouth: Tensor | np.ndarray) -> Tensor:
         """``transfer`` of the ``MOUTH_IDS`` landmarks alone, [T, L, 3] -> codes [T, C]."""
         x = torch.as_tensor(np.asarray(mouth) if not isinstance(mouth, Tensor) else mouth).double()
         if x.ndim != 3 or x.shape[1:] != (len(MOUTH_IDS), 3):
             raise ValueError(f"mouth landmarks must be [T, {len(MOUTH_IDS)}, 3], got {tuple(x.shape)}")
-        x = x.reshape(x.shape[0], -1)
+        return self._transfer(x.reshape(x.shape[0], -1))
+
+    def _transfer(self, x: Tensor) -> Tensor:  # [T, 3L] float64 -> [T, C]
         delta = x - x.mean(0)
         codes = ((delta @ self.components.double().T) / self.scale.double()).float()
         return torch.maximum(torch.minimum(codes, self.high), self.low)

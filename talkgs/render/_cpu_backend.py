@@ -20,6 +20,7 @@ from talkgs.render._torch_backend import (
     TileBins,
     _features,
     _project,
+    _sh_towards_camera,
     _strategy_info,
 )
 from talkgs.utils.cpu_ext import load_cpu_ext
@@ -67,16 +68,6 @@ class _ShCpu(torch.autograd.Function):
         return v_means, v_coeffs, None, None, None
 
 
-def _features_cpu(ext: ModuleType, means: Tensor, colors: Tensor, viewmat: Tensor, sh_degree: int | None,
-                  depths: Tensor, background: Tensor) -> tuple[Tensor, Tensor]:
-    """``_torch_backend._features`` with the SH colours from the kernel (the twin's when the camera needs
-    gradients)."""
-    if sh_degree is None or viewmat.requires_grad:
-        return _features(means, colors, viewmat, sh_degree, depths, background)
-    rgb = _ShCpu.apply(means, colors, viewmat, sh_degree, ext)  # [N, 3]
-    return torch.cat([rgb, depths[:, None]], dim=1), torch.cat([background, background.new_zeros(1)])
-
-
 class _CompositeCpu(torch.autograd.Function):
     @staticmethod
     def forward(ctx, means2d, conics, colors, opacities, background, radii, bins: TileBins, width, height, ext):
@@ -112,7 +103,9 @@ def rasterize_cpu(ext: ModuleType, means: Tensor, quats: Tensor, scales: Tensor,
         proj = Projection(*_ProjectCpu.apply(means, quats, scales, opacities, viewmat, K, width, height,
                                              near_plane, far_plane, ext))
     means2d = proj.means2d[None]  # [1, N, 2]; the strategy reads its .grad
-    feats, bg = _features_cpu(ext, means, colors, viewmat, sh_degree, proj.depths, background)
+    # SH colours by the kernel, which holds the camera fixed; a camera that needs gradients takes the twin's.
+    sh = (lambda m, c, v, d: _ShCpu.apply(m, c, v, d, ext)) if not viewmat.requires_grad else _sh_towards_camera
+    feats, bg = _features(means, colors, viewmat, sh_degree, proj.depths, background, sh)
     ids, offsets, counts = ext.bin_tiles(proj.means2d.detach(), proj.conics.detach(), proj.depths.detach(),
                                          proj.radii, proj.extents, width, height)
     bins = TileBins(ids, offsets, counts, -(-width // TILE), -(-height // TILE))

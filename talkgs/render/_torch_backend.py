@@ -436,15 +436,16 @@ def _row_grads(blk: _Block, vs: Tensor, v_rows: Tensor) -> Tensor:
     return torch.cat([torch.stack(grads, dim=-1), v_rows], dim=-1)  # [Ta, B, 7 + C]
 
 
+def _sh_towards_camera(means: Tensor, coeffs: Tensor, viewmat: Tensor, degree: int) -> Tensor:  # -> [N, 3]
+    campos = -viewmat[:3, :3].T @ viewmat[:3, 3]  # camera centre in world coordinates
+    return _eval_sh(coeffs, means - campos, degree)
+
+
 def _features(means: Tensor, colors: Tensor, viewmat: Tensor, sh_degree: int | None, depths: Tensor,
-              background: Tensor) -> tuple[Tensor, Tensor]:
-    """The colours composited: RGB (SH evaluated towards the camera) with the camera z as a fourth channel
-    [N, 4], and the background [4] (depth 0 behind the Gaussians)."""
-    if sh_degree is not None:
-        campos = -viewmat[:3, :3].T @ viewmat[:3, 3]  # camera centre in world coordinates
-        rgb = _eval_sh(colors, means - campos, sh_degree)  # [N, 3]
-    else:
-        rgb = colors
+              background: Tensor, sh=_sh_towards_camera) -> tuple[Tensor, Tensor]:
+    """The colours composited: RGB (SH evaluated towards the camera by ``sh``) with the camera z as a fourth
+    channel [N, 4], and the background [4] (depth 0 behind the Gaussians)."""
+    rgb = colors if sh_degree is None else sh(means, colors, viewmat, sh_degree)  # [N, 3]
     return torch.cat([rgb, depths[:, None]], dim=1), torch.cat([background, background.new_zeros(1)])
 
 
