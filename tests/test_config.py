@@ -33,10 +33,10 @@ def test_mapping_edits_one_field_and_keeps_the_rest():
 
 
 def test_mapping_merges_nested_fields():
-    cfg = merge(FitConfig(), {"stages": {"mouth": {"densify": {"max_gaussians": 7}}, "fuse": {"lr": {"means": 1.0}}}})
+    cfg = merge(FitConfig(), {"stages": {"mouth": {"densify": {"refine_every": 7}}, "fuse": {"lr": {"means": 1.0}}}})
     mouth, fuse = by_name(cfg)["mouth"], by_name(cfg)["fuse"]
-    assert mouth.densify == dataclasses.replace(by_name(FitConfig())["mouth"].densify, max_gaussians=7)
-    assert mouth.densify.refine_stop_iter == 400  # the mouth stage's own value, not DensifyConfig's 1500
+    assert mouth.densify == dataclasses.replace(by_name(FitConfig())["mouth"].densify, refine_every=7)
+    assert mouth.densify.max_gaussians == 5000  # the mouth stage's own value, not DensifyConfig's 30000
     assert fuse.lr.means == 1.0 and fuse.lr.network == 5e-4
 
 
@@ -78,6 +78,8 @@ def test_list_repeated_names_pair_up_in_order():
     ({"stages": {"face": 3}}, r"^config: stages.face must be a mapping of fields, got 3$"),
     ({"stages": {"face": {"name": "lips"}}}, r"^config: stages.face.name cannot rename"),
     ({"stages": "face"}, r"^config: stages must be a list of items or a mapping from item name to fields"),
+    ({"stages": {"mouth": {"sampler": "opne"}}},
+     r"^config: StageConfig.sampler must be one of uniform, incremental, open, got 'opne'$"),
 ])
 def test_stage_errors_are_one_line(data, message):
     with pytest.raises(TalkgsError, match=message) as e:

@@ -23,7 +23,6 @@ import yaml
 
 from talkgs.data import schema
 from talkgs.model.fitted import load_model
-from talkgs.model.talking_head import TalkingHead
 from talkgs.train.config import FitConfig
 from talkgs.train.context import FitContext
 from talkgs.train.trainer import Trainer, fitted_model
@@ -48,11 +47,14 @@ def main() -> None:
     trainer.ctx = ctx
     torch.manual_seed(cfg.seed)
     gen = torch.Generator().manual_seed(cfg.seed)
-    fresh = trainer._initial_head(ctx, ctx.features.shape[-1])
-    head = TalkingHead(face, fresh.mouth, ctx.features.shape[-1], cfg.head).to(ctx.device)
-    train = torch.as_tensor(ctx.train_indices, device=ctx.device)
-    head.set_input_stats(ctx.features[train], ctx.expression[train])
+    # A new head (mouth branch, networks and, on the code path, the mouth code and speech model) with the
+    # fitted face Gaussians in place of its fresh ones.
+    head = trainer._initial_head(ctx, ctx.features.shape[-1])
+    head.face = face
+    head = head.to(ctx.device)
     report: dict = {"stages": {}}
+    if cfg.head.drive == "code":
+        ctx.codes = head.mouth_code.encode(trainer.subject.canonical_landmarks).to(ctx.device)
     for k, stage in enumerate(cfg.stages):
         report["stages"][stage.name] = trainer._run_stage(k, stage, head, gen, report, 0, None)
     fitted_model(trainer.subject, cfg, ctx, head).save(trainer.root / schema.MODEL)

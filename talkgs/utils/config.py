@@ -131,7 +131,10 @@ def merge(cfg: T, data: dict, where: str = "") -> T:
             kwargs[name] = _merge_named(item_cls, current, value, sub)
         else:
             kwargs[name] = _coerce(hints[name], value, sub)
-    return dataclasses.replace(cfg, **kwargs)
+    try:
+        return dataclasses.replace(cfg, **kwargs)
+    except ValueError as e:  # a dataclass's own check of its values (``__post_init__``): the user's config
+        raise TalkgsError(f"config: {e}") from None
 
 
 def _named_item_type(tp: Any) -> type | None:
