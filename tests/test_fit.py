@@ -253,6 +253,36 @@ def test_incremental_sampling_moves_through_mouth_then_eyes(demo_subject, tmp_pa
     assert len({stage.sample(s, gen) for s in range(600, 1000)}) > 0.5 * len(train)
 
 
+def test_open_sampling_draws_the_frames_where_the_mouth_interior_shows(demo_subject):
+    """The mouth stage's "open" sampler draws frames in proportion to their tracked opening: the interior it
+    trains on shows in them, and a closed mouth still comes up now and then."""
+    from talkgs.data import Subject
+    from talkgs.model.talking_head import TalkingHead
+    from talkgs.train.context import FitContext
+    from talkgs.train.stages import MouthStage
+
+    fit = tiny_fit(device="cpu")
+    ctx = FitContext(Subject(demo_subject[0]), fit)
+    cfg = fit.stages[1]
+    assert cfg.name == "mouth" and cfg.sampler == "open"
+    g = torch.Generator().manual_seed(0)
+    face = GaussianModel.from_points(torch.randn(40, 3, generator=g) * 0.05, torch.rand(40, 3, generator=g),
+                                     sh_degree=fit.sh_degree)
+    mouth = GaussianModel.from_points(torch.randn(20, 3, generator=g) * 0.01, torch.rand(20, 3, generator=g),
+                                      sh_degree=fit.sh_degree)
+    stage = MouthStage(ctx, cfg, TalkingHead(face, mouth, ctx.features.shape[-1], fit.head))
+    gen = torch.Generator().manual_seed(0)
+    drawn = np.array([stage.sample(s, gen) for s in range(2000)])
+    train = ctx.train_indices
+    assert set(drawn) <= set(train.tolist())
+    opening = ctx.mouth_open
+    expected = float((opening[train] ** 2).sum() / opening[train].sum())  # the opening-weighted mean
+    assert abs(opening[drawn].mean() - expected) < 0.1 * expected
+    assert opening[drawn].mean() > 1.2 * opening[train].mean()
+    closed = train[opening[train] < np.percentile(opening[train], 20)]
+    assert np.isin(drawn, closed).any()
+
+
 def test_render_test_split(fitted, tmp_path, capsys):
     from talkgs.data import Subject
 

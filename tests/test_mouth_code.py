@@ -182,6 +182,58 @@ def test_drive_video_moves_the_head_with_the_drivers_code(fitted_code):
     assert np.array_equal(frames[0], frames[2])
 
 
+def test_the_lower_teeth_move_with_the_jaw_of_the_code(demo, fitted_code):
+    """The chin movement a code describes is the tracked chin's; the mouth interior below the lips' line
+    follows it and the part above (upper teeth) does not (``HeadConfig.jaw_carry_m``)."""
+    import dataclasses
+
+    from talkgs.model.fitted import load_model
+    from talkgs.prepare import topology as topo
+
+    subject, basis, codes, _ = demo
+    opening = basis.opening(codes)
+    wide, shut = int(opening.argmax()), int(opening.argmin())
+    chin = [MOUTH_IDS.index(i) for i in topo.CHIN_FRONT]
+    tracked = torch.tensor(subject.canonical_landmarks[:, list(MOUTH_IDS)])[:, chin].mean(1)  # [F, 3]
+    moved = basis.jaw_displacement(codes[[wide, shut]])  # [2, 3]
+    drop = tracked[wide] - tracked[shut]
+    assert float(drop[1]) > 0.005  # the tracked chin drops by more than 5 mm (+y is down)
+    assert (moved[0] - moved[1] - drop).norm() < 0.1 * drop.norm()  # the code keeps it (8 components)
+
+    head = load_model(fitted_code[0]).head
+    track = head.mouth_code.encode(subject.canonical_landmarks)
+    index = torch.tensor([wide, shut])
+    with torch.no_grad():
+        carried = head.mouth_deltas(track, index).d_means  # [2, M, 3]
+        head.cfg = dataclasses.replace(head.cfg, jaw_carry_m=0.0)
+        field = head.mouth_deltas(track, index).d_means
+    carry = head.mouth_code.jaw_carry(head.mouth.params["means"].detach(), 0.004)  # [M]
+    assert (carry == 1).any() and (carry == 0).any()
+    jaw = head.mouth_code.jaw_displacement(track[index])  # [2, 3]
+    assert torch.allclose(carried - field, carry[None, :, None] * jaw[:, None], atol=1e-7)
+    assert torch.equal(carried[:, carry == 0], field[:, carry == 0])
+
+
+def test_a_model_fitted_before_the_jaw_carry_loads_without_it(fitted_code, tmp_path):
+    """Its mouth field learned the teeth's movement alone: adding the carry would move them twice."""
+    import json
+
+    from safetensors import safe_open
+    from safetensors.torch import load_file, save_file
+
+    from talkgs.model.fitted import load_model
+
+    src = fitted_code[0] / "fit" / "model.safetensors"
+    with safe_open(str(src), "pt") as f:
+        metadata = f.metadata()
+    header = json.loads(metadata["talkgs"])
+    assert header["head"]["jaw_carry_m"] > 0 and load_model(src).head.cfg.jaw_carry_m > 0
+    del header["head"]["jaw_carry_m"]
+    old = tmp_path / "model.safetensors"
+    save_file(load_file(str(src)), str(old), metadata={**metadata, "talkgs": json.dumps(header)})
+    assert load_model(old).head.cfg.jaw_carry_m == 0
+
+
 def test_stream_of_a_code_model_stays_close_to_offline(fitted_code):
     """A stream cannot wait for word recognition over the whole clip: it decodes phones alone (all-phone)
     over a sliding second of audio, so its mouth differs from the offline render's on some frames. The

@@ -198,7 +198,9 @@ class FittedModel:
             raise TalkgsError(f"{path} has model format {version}, this talkgs reads up to {MODEL_FORMAT_VERSION}; "
                               "update talkgs")
         try:
-            cfg = from_dict(HeadConfig, header["head"], "head")
+            # Fits from before the jaw carry trained their mouth field without it: drawn with it, their teeth
+            # would move twice.
+            cfg = from_dict(HeadConfig, {"jaw_carry_m": 0.0, **header["head"]}, "head")
             head = TalkingHead.from_tensors({k[5:]: v for k, v in tensors.items() if k.startswith("head.")},
                                             int(header["audio_dim"]), cfg)
             np_ = lambda k: tensors[k].numpy()  # noqa: E731

@@ -148,6 +148,20 @@ class MouthBasis(nn.Module):
         upper, lower = (MOUTH_IDS.index(i) for i in topo.INNER_LIP_MID)
         return (pts[:, upper] - pts[:, lower]).norm(dim=-1)
 
+    def jaw_displacement(self, codes: Tensor) -> Tensor:
+        """[..., 3] how far the front of the chin (``topology.CHIN_FRONT``) of the mouth that codes [..., C]
+        describe lies from the mean mouth's, in canonical head space (metres): where the lower teeth go."""
+        jaw = [MOUTH_IDS.index(i) for i in topo.CHIN_FRONT]
+        per_code = (self.scale[:, None] * self.components).reshape(len(self.scale), len(MOUTH_IDS), 3)
+        return codes @ per_code[:, jaw].mean(1)  # [C, 3]: the chin's mean movement per unit of each component
+
+    def jaw_carry(self, points: Tensor, height: float) -> Tensor:
+        """[M] how much of the jaw's movement canonical ``points`` [M, 3] follow: 0 above the mean mouth's
+        inner-lip line, 1 below it, rising linearly over ``height`` metres about it (+y points down)."""
+        inner = [MOUTH_IDS.index(i) for i in topo.LIPS_INNER]
+        line = self.mean.reshape(len(MOUTH_IDS), 3)[inner, 1].mean()
+        return ((points[:, 1] - line.to(points.dtype)) / height + 0.5).clamp(0.0, 1.0)
+
     def transfer(self, canonical: Tensor | np.ndarray) -> Tensor:
         """Codes [T, C] for another person's canonical landmarks [T, 478, 3]: their mouth's movement about
         its own mean in this subject's components (canonical space has the same eye width for everyone),

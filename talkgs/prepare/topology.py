@@ -26,6 +26,9 @@ RIGHT_BROW = (46, 53, 52, 65, 55, 70, 63, 105, 66, 107)
 # below the ear's attachment, stay with the head.
 LOWER_JAW = (172, 136, 150, 149, 176, 148, 152, 377, 400, 378, 379, 365, 397)
 CHIN = 152
+# The front of the chin (the middle five points of LOWER_JAW): it moves with the mandible, as the lower
+# teeth do; the jaw angles near the hinge barely move.
+CHIN_FRONT = (176, 148, 152, 377, 400)
 FOREHEAD = 10
 
 # Eye corners and lid pairs for the eye-openness ratio: (outer, inner) and (upper, lower) pairs.

@@ -73,6 +73,9 @@ class LRConfig:
     """Adam learning rate of the audio encoders and motion fields (hash grids included)."""
 
 
+SAMPLERS = ("uniform", "incremental", "open")
+
+
 @dataclass
 class StageConfig:
     name: str = "static"
@@ -84,12 +87,18 @@ class StageConfig:
     sh_degree_every: int = 500
     """One more SH band every this many iterations, up to the model's degree."""
     sampler: str = "uniform"
-    """"uniform" over the training frames, or "incremental" (TalkingGaussian): a window over the
-    frames sorted by mouth opening moves from closed to open, then one over eye openness."""
+    """"uniform" over the training frames; "incremental" (TalkingGaussian): a window over the frames
+    sorted by mouth opening moves from closed to open, then one over eye openness; "open": frames drawn
+    in proportion to their tracked mouth opening, so a stage that sees only the mouth interior looks at
+    frames where it shows."""
     sample_window: float = 0.25
     """Incremental sampling: the window holds this fraction of the training frames."""
     incremental_fraction: float = 0.6
     """Incremental sampling: this fraction of the stage uses the moving windows, the rest is uniform."""
+
+    def __post_init__(self) -> None:
+        if self.sampler not in SAMPLERS:
+            raise ValueError(f"StageConfig.sampler must be one of {', '.join(SAMPLERS)}, got {self.sampler!r}")
 
 
 @dataclass
@@ -108,7 +117,10 @@ class FitConfig:
     head: HeadConfig = field(default_factory=HeadConfig)
     stages: list[StageConfig] = field(default_factory=lambda: [
         StageConfig(name="static"),
-        StageConfig(name="mouth", iterations=600, densify=DensifyConfig(refine_stop_iter=400, max_gaussians=5000)),
+        # The mouth interior shows in a minority of frames: drawn by opening and for 2000 steps (about 2 min at
+        # 256 px on 2 cores) the teeth take shape; 600 uniform steps left a blurred average (docs/lip_sync.md).
+        StageConfig(name="mouth", iterations=2000, sampler="open",
+                    densify=DensifyConfig(refine_stop_iter=1500, max_gaussians=5000)),
         StageConfig(name="face", iterations=1500, sampler="incremental", densify=DensifyConfig(enabled=False)),
         StageConfig(name="fuse", iterations=400, lr=LRConfig(network=5e-4), densify=DensifyConfig(enabled=False)),
     ])

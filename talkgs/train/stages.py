@@ -78,6 +78,11 @@ class Stage:
     def sample(self, step: int, gen: torch.Generator) -> int:
         """The training frame of ``step``."""
         train = self.ctx.train_indices
+        if self.cfg.sampler == "open":
+            if "_open_weights" not in self.__dict__:
+                opening = np.clip(self.ctx.mouth_open[train], 1e-3, None)  # a closed mouth is still drawn, rarely
+                self._open_weights = torch.as_tensor(opening, dtype=torch.float64)
+            return int(train[int(torch.multinomial(self._open_weights, 1, generator=gen))])
         return int(train[int(torch.randint(len(train), (1,), generator=gen))])
 
     # -- rendering and loss -------------------------------------------------------------------------
