@@ -204,7 +204,9 @@ def test_the_lower_teeth_move_with_the_jaw_of_the_code(demo, fitted_code):
     track = head.mouth_code.encode(subject.canonical_landmarks)
     index = torch.tensor([wide, shut])
     with torch.no_grad():
-        carried = head.mouth_deltas(track, index).d_means  # [2, M, 3]
+        deltas = head.mouth_deltas(track, index)
+        carried = deltas.d_means  # [2, M, 3]
+        both = head.deform(track, index, torch.zeros(2, len(head.cfg.expression)))
         head.cfg = dataclasses.replace(head.cfg, jaw_carry_m=0.0)
         field = head.mouth_deltas(track, index).d_means
     carry = head.mouth_code.jaw_carry(head.mouth.params["means"].detach(), 0.004)  # [M]
@@ -212,6 +214,9 @@ def test_the_lower_teeth_move_with_the_jaw_of_the_code(demo, fitted_code):
     jaw = head.mouth_code.jaw_displacement(track[index])  # [2, 3]
     assert torch.allclose(carried - field, carry[None, :, None] * jaw[:, None], atol=1e-7)
     assert torch.equal(carried[:, carry == 0], field[:, carry == 0])
+    # The regulariser shrinks only the learned part; one frame of a batch keeps its own carried part.
+    assert torch.allclose(deltas.carried, carried - field, atol=1e-7)
+    assert torch.equal(both.frame(1).mouth_deltas.carried, both.mouth_deltas.carried[1:2])
 
 
 def test_a_model_fitted_before_the_jaw_carry_loads_without_it(fitted_code, tmp_path):

@@ -58,6 +58,9 @@ class MotionDeltas:
     d_scales: Tensor | None  # [N, 3] or [B, N, 3], added to the log-scales; None: scales unchanged
     attention_audio: Tensor  # [N, A] per-Gaussian weights in (0, 1) on the audio channels
     attention_expr: Tensor | None  # [N, E] weights on the expression channels; None for the mouth field
+    carried: Tensor | None = None
+    """[N, 3] or [B, N, 3]: the part of ``d_means`` that the mouth code prescribes instead of the field learning
+    it (``HeadConfig.jaw_carry_m``), so that the offset regulariser leaves it alone; None: all learned."""
 
 
 def _mlp(dim_in: int, hidden: int, layers: int) -> nn.Sequential:

@@ -182,7 +182,9 @@ class Stage:
 
     def _offsets(self, out: FrameOutput) -> torch.Tensor:
         deltas = [d for d in (out.mouth_deltas, out.face_deltas) if d is not None]
-        terms = [t.abs().mean() for d in deltas for t in (d.d_means, d.d_quats, d.d_scales) if t is not None]
+        # Only what the fields learn: the jaw's movement that the code prescribes is not an offset to shrink.
+        learned = [(d.d_means if d.carried is None else d.d_means - d.carried, d.d_quats, d.d_scales) for d in deltas]
+        terms = [t.abs().mean() for parts in learned for t in parts if t is not None]
         return torch.stack(terms).sum() if terms else torch.zeros((), device=self.ctx.device)
 
 
