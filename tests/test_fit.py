@@ -224,9 +224,20 @@ def test_every_stage_runs_and_the_head_reloads(fitted):
     assert last and any(tensors[k].abs().sum() > 0 for k in last)
 
 
+def _random_head(ctx, fit):
+    """A head of a few random Gaussians, built as the trainer builds one: the samplers do not look at them."""
+    from talkgs.model.talking_head import TalkingHead
+
+    g = torch.Generator().manual_seed(0)
+    face = GaussianModel.from_points(torch.randn(40, 3, generator=g) * 0.05, torch.rand(40, 3, generator=g),
+                                     sh_degree=fit.sh_degree)
+    mouth = GaussianModel.from_points(torch.randn(20, 3, generator=g) * 0.01, torch.rand(20, 3, generator=g),
+                                      sh_degree=fit.sh_degree)
+    return TalkingHead(face, mouth, ctx.features.shape[-1], fit.head)
+
+
 def test_incremental_sampling_moves_through_mouth_then_eyes(demo_subject, tmp_path):
     from talkgs.data import Subject
-    from talkgs.model.talking_head import TalkingHead
     from talkgs.train.context import FitContext
     from talkgs.train.stages import FaceStage
 
@@ -234,13 +245,7 @@ def test_incremental_sampling_moves_through_mouth_then_eyes(demo_subject, tmp_pa
     ctx = FitContext(Subject(demo_subject[0]), fit)
     cfg = dataclasses.replace(fit.stages[2], iterations=1000, sample_window=0.2, incremental_fraction=0.6)
     assert cfg.name == "face" and cfg.sampler == "incremental"
-    # The sampler does not look at the Gaussians: a head of a few random ones, built as the trainer does.
-    g = torch.Generator().manual_seed(0)
-    face = GaussianModel.from_points(torch.randn(40, 3, generator=g) * 0.05, torch.rand(40, 3, generator=g),
-                                     sh_degree=fit.sh_degree)
-    mouth = GaussianModel.from_points(torch.randn(20, 3, generator=g) * 0.01, torch.rand(20, 3, generator=g),
-                                      sh_degree=fit.sh_degree)
-    stage = FaceStage(ctx, cfg, TalkingHead(face, mouth, ctx.features.shape[-1], fit.head))
+    stage = FaceStage(ctx, cfg, _random_head(ctx, fit))
     gen = torch.Generator().manual_seed(0)
     train = ctx.train_indices
     mouth_rank = {int(f): r for r, f in enumerate(train[np.argsort(ctx.mouth_open[train], kind="stable")])}
@@ -257,7 +262,6 @@ def test_open_sampling_draws_the_frames_where_the_mouth_interior_shows(demo_subj
     """The mouth stage's "open" sampler draws frames in proportion to their tracked opening: the interior it
     trains on shows in them, and a closed mouth still comes up now and then."""
     from talkgs.data import Subject
-    from talkgs.model.talking_head import TalkingHead
     from talkgs.train.context import FitContext
     from talkgs.train.stages import MouthStage
 
@@ -265,12 +269,7 @@ def test_open_sampling_draws_the_frames_where_the_mouth_interior_shows(demo_subj
     ctx = FitContext(Subject(demo_subject[0]), fit)
     cfg = fit.stages[1]
     assert cfg.name == "mouth" and cfg.sampler == "open"
-    g = torch.Generator().manual_seed(0)
-    face = GaussianModel.from_points(torch.randn(40, 3, generator=g) * 0.05, torch.rand(40, 3, generator=g),
-                                     sh_degree=fit.sh_degree)
-    mouth = GaussianModel.from_points(torch.randn(20, 3, generator=g) * 0.01, torch.rand(20, 3, generator=g),
-                                      sh_degree=fit.sh_degree)
-    stage = MouthStage(ctx, cfg, TalkingHead(face, mouth, ctx.features.shape[-1], fit.head))
+    stage = MouthStage(ctx, cfg, _random_head(ctx, fit))
     gen = torch.Generator().manual_seed(0)
     drawn = np.array([stage.sample(s, gen) for s in range(2000)])
     train = ctx.train_indices
