@@ -105,7 +105,7 @@ class StageConfig:
 class FitConfig:
     resolution: int = 256
     """Training image side in pixels; frames are downscaled from the subject's own size. 256 px is the CPU
-    default since the compiled CPU kernels (a 2-core fit of the demo clip: 7.6 min, docs/cpu.md); at 128 px
+    default since the compiled CPU kernels (a 2-core fit of the demo clip: 10.7 min, docs/cpu.md); at 128 px
     the lips are 3-4 pixels tall."""
     sh_degree: int = 2
     seed: int = 0
