@@ -3,7 +3,6 @@
     python tools/probe_code_fidelity.py FITTED_SUBJECT [FITTED_SUBJECT ...] [--train-frames 160] [--json OUT]
     python tools/probe_code_fidelity.py --bench docs/benchmarks/lip_sync_anchor_code_jaw_256.json
 
-
 Each fitted subject (``head.drive: code``) renders an even sample of its training frames and all of its held-out
 frames with the frame's own tracked mouth code (not speech), pose, blinks and torso, and MediaPipe reads the
 rendered and the real mouths. Reported per split: the correlation of the two openings, their percentiles (a
@@ -30,10 +29,9 @@ def fidelity(source: Path, train_frames: int) -> dict:
     import torch
 
     from talkgs.data import schema
-    from talkgs.eval.evaluate import load_fitted
+    from talkgs.eval.evaluate import load_fitted, render_frame
     from talkgs.eval.landmark_metrics import LandmarkTracker, mouth_opening
     from talkgs.model.losses import psnr
-    from talkgs.render.forward import render_frames
     from talkgs.utils import media
 
     model, ctx = load_fitted(source, "cpu")
@@ -49,10 +47,7 @@ def fidelity(source: Path, train_frames: int) -> dict:
         for name, frames in splits.items():
             rendered, truth, mouth_psnr = LandmarkTracker(), LandmarkTracker(), []
             for i in frames:
-                batch = ctx.batch(int(i))
-                index = torch.tensor([batch.index], device=ctx.device)
-                out = render_frames(head, codes, index, ctx.expression[index], batch.viewmat[None], batch.K,
-                                    batch.under[None], mouth=model.draws["mouth"], backend=model.backend)
+                batch, out = render_frame(model, ctx, int(i), drive=codes)
                 image = out.image[0].clamp(0, 1)
                 mouth = (batch.labels == schema.Label.MOUTH) | (batch.labels == schema.Label.LIPS)
                 if mouth.any():

@@ -37,16 +37,18 @@ def load_fitted(subject_dir: str | Path, device: str | None = None) -> tuple[Fit
     return model, frames
 
 
-def render_frame(model: FittedModel, frames: SubjectFrames, index: int,
-                 motion: bool = True) -> tuple[Batch, FrameOutput]:
+def render_frame(model: FittedModel, frames: SubjectFrames, index: int, motion: bool = True,
+                 drive: torch.Tensor | None = None) -> tuple[Batch, FrameOutput]:
     """(the real frame ``index``, the model's render of it with that frame's own audio, pose and torso).
 
     ``motion`` False: the same Gaussians without their motion fields (the no-motion baseline).
+    ``drive``: what moves the fields instead of the audio features, e.g. a code track [F, C].
     """
     batch = frames.batch(int(index))
     draws = model.draws
     idx = torch.tensor([batch.index], device=frames.device)
-    out = render_frames(model.head, frames.features, idx, frames.expression[idx], batch.viewmat[None], batch.K,
+    features = frames.features if drive is None else drive
+    out = render_frames(model.head, features, idx, frames.expression[idx], batch.viewmat[None], batch.K,
                         batch.under[None], mouth=draws["mouth"], face_motion=draws["face_motion"] and motion,
                         mouth_motion=draws["mouth_motion"] and motion, backend=model.backend)
     return batch, out

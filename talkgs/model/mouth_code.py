@@ -38,6 +38,9 @@ from talkgs.prepare.audio import feature_times
 
 #: Landmarks of the code: both lip contours and the jaw line below the mouth.
 MOUTH_IDS: tuple[int, ...] = tuple(dict.fromkeys(topo.LIPS_OUTER + topo.LIPS_INNER + topo.LOWER_JAW))
+#: Rows of MOUTH_IDS: the front of the chin (the lower teeth follow it) and the inner lip contour.
+_CHIN_ROWS = [MOUTH_IDS.index(i) for i in topo.CHIN_FRONT]
+_INNER_ROWS = [MOUTH_IDS.index(i) for i in topo.LIPS_INNER]
 #: The prior's evidence rate (Hz): fine enough to sample at any frame rate's feature times.
 PRIOR_EVIDENCE_HZ = 100
 #: Frame rate the prior's mouths were tracked at.
@@ -151,15 +154,13 @@ class MouthBasis(nn.Module):
     def jaw_displacement(self, codes: Tensor) -> Tensor:
         """[..., 3] how far the front of the chin (``topology.CHIN_FRONT``) of the mouth that codes [..., C]
         describe lies from the mean mouth's, in canonical head space (metres): where the lower teeth go."""
-        jaw = [MOUTH_IDS.index(i) for i in topo.CHIN_FRONT]
         per_code = (self.scale[:, None] * self.components).reshape(len(self.scale), len(MOUTH_IDS), 3)
-        return codes @ per_code[:, jaw].mean(1)  # [C, 3]: the chin's mean movement per unit of each component
+        return codes @ per_code[:, _CHIN_ROWS].mean(1)  # [C, 3]: the chin's mean movement per unit of each component
 
     def jaw_carry(self, points: Tensor, height: float) -> Tensor:
         """[M] how much of the jaw's movement canonical ``points`` [M, 3] follow: 0 above the mean mouth's
         inner-lip line, 1 below it, rising linearly over ``height`` metres about it (+y points down)."""
-        inner = [MOUTH_IDS.index(i) for i in topo.LIPS_INNER]
-        line = self.mean.reshape(len(MOUTH_IDS), 3)[inner, 1].mean()
+        line = self.mean.reshape(len(MOUTH_IDS), 3)[_INNER_ROWS, 1].mean()
         return ((points[:, 1] - line.to(points.dtype)) / height + 0.5).clamp(0.0, 1.0)
 
     def transfer(self, canonical: Tensor | np.ndarray) -> Tensor:
