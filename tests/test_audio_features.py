@@ -62,7 +62,7 @@ def test_feature_times_are_quarter_frames():
 
 def test_unknown_encoder_and_bad_input():
     cfg = AudioConfig()
-    with pytest.raises(TalkgsError, match=r"unknown audio encoder 'x' \(choose from mel, phonemes, visemes, hubert"):
+    with pytest.raises(TalkgsError, match=r"unknown audio encoder 'x' \(choose from mel, phonemes, visemes, cepstra, "):
         audio.encode_audio("x", silence(1.0), 25, FPS, cfg)
     with pytest.raises(TalkgsError, match="unknown audio encoder"):
         audio.feature_dim("mfcc", cfg)
@@ -120,6 +120,47 @@ def test_mel_frames_do_not_depend_on_audio_length(speech):
     more = audio.encode_audio("mel", exact, n + 25, FPS, cfg)
     np.testing.assert_array_equal(more[: n - 1], ref[: n - 1])
     np.testing.assert_allclose(more[n + 1 :], np.log(audio.MEL_FLOOR), rtol=1e-6)
+
+
+def test_cepstra_on_speech(speech):
+    cfg = AudioConfig()
+    n = frames_of(speech)
+    feats = audio.encode_audio("cepstra", speech, n, FPS, cfg)
+    assert feats.shape == (n, 2, audio.feature_dim("cepstra", cfg)) and feats.dtype == np.float32
+    assert np.isfinite(feats).all()
+    # After the first seconds the running statistics are the speaker's own: about standardised.
+    late = feats[125:].reshape(-1, feats.shape[-1])
+    assert np.abs(late.mean(0)).max() < 0.6 and np.all((late.std(0) > 0.7) & (late.std(0) < 1.3))
+
+
+def test_cepstra_do_not_hear_the_level_or_the_microphone(speech):
+    """A quieter recording and a brighter microphone (a first-order high-pass tilt, which moves the raw
+    c0 and c1 by a third to one standard deviation) give nearly the same features once a few seconds are
+    heard; other words give different ones."""
+    cfg = AudioConfig()
+    n = frames_of(speech)
+    ref = audio.encode_audio("cepstra", speech, n, FPS, cfg)
+    quiet = audio.encode_audio("cepstra", speech * np.float32(0.05), n, FPS, cfg)
+    tilted = np.concatenate([speech[:1], speech[1:] - 0.7 * speech[:-1]]).astype(np.float32)
+    bright = audio.encode_audio("cepstra", tilted, n, FPS, cfg)
+    for other in (quiet, bright):
+        assert np.abs(other[125:] - ref[125:]).mean() < 0.1  # after 5 s
+    assert np.abs(ref[125:300] - ref[300:475]).mean() > 0.8
+
+
+def test_cepstra_stream_equals_one_pass(speech):
+    """Four frames at a time with the stream's 50 ms of context and one carried state: the offline features."""
+    cfg = AudioConfig()
+    n = frames_of(speech)
+    exact = speech[: round(n / FPS * SR)]
+    ref = audio.encode_audio("cepstra", exact, n, FPS, cfg)
+    state, parts = audio.stream_state("cepstra"), []
+    for lo in range(0, n, 4):
+        times = audio.feature_times(n, FPS)[lo : lo + 4].reshape(-1)
+        a, b = max(0, int((times[0] - 0.05) * SR)), int((times[-1] + 0.05) * SR)
+        parts.append(audio.encode_span("cepstra", exact[a:b], a / SR, times, cfg, state=state))
+    np.testing.assert_allclose(np.concatenate(parts).reshape(ref.shape), ref, atol=1e-5)
+    assert audio.stream_state("mel") is None
 
 
 def test_phonemes_on_speech(speech):

@@ -48,7 +48,7 @@ SUBJECT_SPEAKER = {"demo": "obama", "anchor": "anchor"}
 #: Speakers of the public-domain clips, which talkgs/data/mouth_prior.npz holds (``head.code.prior``).
 PRIOR_SPEAKERS = {SPEAKER[c] for c in SPEAKER if "_pd_" in c}
 #: Fit settings per drive path, over the cpu preset.
-PATH_OVERRIDES = {"audio": {}, "code": {"head": {"drive": "code", "audio_encoders": ["visemes"]}}}
+PATH_OVERRIDES = {"audio": {}, "code": {"head": {"drive": "code", "audio_encoders": ["visemes", "cepstra"]}}}
 
 
 def longest_clips() -> dict[str, Path]:
@@ -66,9 +66,10 @@ def longest_clips() -> dict[str, Path]:
     return {s: best[s][1] for s in sorted(best)}
 
 
-def drivers(subject: str) -> list[Path]:
-    """The longest clip of every speaker other than the subject's."""
-    return [clip for speaker, clip in longest_clips().items() if speaker != SUBJECT_SPEAKER[subject]]
+def drivers(subject: str, exclude: set[str] | frozenset[str] = frozenset()) -> list[Path]:
+    """The longest clip of every speaker other than the subject's and those in ``exclude``."""
+    return [clip for speaker, clip in longest_clips().items()
+            if speaker != SUBJECT_SPEAKER[subject] and speaker not in exclude]
 
 
 def fitted_subject(subject: str, path: str, work: Path, seed: int) -> tuple[Path, dict]:
@@ -160,17 +161,22 @@ def _summary(rows: list[dict], key: str) -> float | None:
 def run_one(subject: str, path: str, work: Path, seed: int, strip_driver: str | None = None) -> dict:
     from talkgs.eval.drive_ref import evaluate_drive_ref
     from talkgs.eval.evaluate import evaluate
+    from talkgs.model.fitted import load_model
 
     root, fit_report = fitted_subject(subject, path, work, seed)
+    head = load_model(root).head.cfg
+    # A speech model that learned from the prior's clips has heard those speakers: they do not drive it.
+    left_out = PRIOR_SPEAKERS if head.drive == "code" and head.code.prior else frozenset()
     held_out = evaluate(root, root / "bench_eval.json", root / "bench_eval.mp4")
     if seed == 0:
         contact_sheet(root / "bench_eval.mp4", ROOT / "docs" / "images" / f"lip_sync_{subject}_{path}_held_out.jpg")
     result: dict = {"subject": subject, "path": path, "seed": seed, "fit": str(root),
                     "fit_seconds": round(sum(s.get("seconds", 0.0) for s in fit_report["stages"].values())),
-                    "held_out": held_out, "mouth_code": fit_report.get("mouth_code"), "drive": {}}
+                    "held_out": held_out, "mouth_code": fit_report.get("mouth_code"),
+                    "drivers_left_out": sorted(left_out), "drive": {}}
     for mode in ("audio", "video") if path == "code" else ("audio",):
         rows = []
-        for video in drivers(subject):
+        for video in drivers(subject, left_out):
             r = evaluate_drive_ref(root, video, drive=mode)
             rows.append({**{k: v for k, v in r.items() if k != "config"}, "video": video.stem})
             print(f"{subject} {path} {mode} {video.stem}: aperture {r['aperture_corr']} at {r['lag_frames']:+d} "

@@ -5,11 +5,14 @@
 For every public-domain clip of ../shared/data/video (``_pd_`` in the name: Obama and Reagan, which its README
 allows copying into the project) it stores:
 
-- ``<clip>.evidence`` [T, D] float16: the ``visemes`` encoder's evidence at ``PRIOR_EVIDENCE_HZ`` (word
+- ``<clip>.visemes`` [T, D] float16: the ``visemes`` encoder's evidence at ``PRIOR_EVIDENCE_HZ`` (word
   recognition, forced alignment and relative loudness over the whole clip, as ``talkgs prepare`` computes it),
   after the clip's own audio-video offset is corrected as ``talkgs eval --drive-ref`` corrects a reference;
+- ``<clip>.cepstra`` [T, 13] float16: the ``cepstra`` encoder's features at the same times;
 - ``<clip>.mouth`` [F, L, 3] float16: the canonical lip and jaw landmarks (``mouth_code.MOUTH_IDS``, metres)
-  tracked at ``PRIOR_TRACK_FPS`` as ``talkgs render --drive`` tracks a driving video.
+  tracked at ``PRIOR_TRACK_FPS`` as ``talkgs render --drive`` tracks a driving video;
+- ``cepstra_population`` [2, 13]: the mean and variance of all the clips' raw cepstra over their speech windows,
+  which start every signal's running normalisation (``talkgs.prepare.cepstra``).
 
 ``talkgs.model.mouth_code.load_prior`` samples both at a subject's frame rate when a fit pools them with the
 subject's own frames (``MouthCodeConfig.prior``).
@@ -30,6 +33,7 @@ def main() -> None:
     from talkgs.model.mouth_code import MOUTH_IDS
     from talkgs.model.mouth_code import PRIOR_EVIDENCE_HZ as HZ
     from talkgs.model.mouth_code import PRIOR_TRACK_FPS as FPS
+    from talkgs.prepare import cepstra
     from talkgs.prepare import topology as topo
     from talkgs.prepare.audio import _viseme_features, align_phones
     from talkgs.prepare.pipeline import track_face
@@ -41,6 +45,7 @@ def main() -> None:
     p.add_argument("--out", type=Path, default=ROOT / "talkgs" / "data" / "mouth_prior.npz")
     args = p.parse_args()
     arrays: dict[str, np.ndarray] = {"evidence_hz": np.array(HZ), "track_fps": np.array(FPS)}
+    raw: dict[str, tuple[np.ndarray, np.ndarray, np.ndarray]] = {}
     for clip in sorted(SHARED.glob("*_pd_*.mp4")):
         canonical = track_face(clip, FPS)  # [F, 478, 3]
         upper, lower = topo.INNER_LIP_MID
@@ -51,10 +56,16 @@ def main() -> None:
         samples = shift_audio(samples, offset.frames if offset.confident else 0, sr, FPS)
         times = np.arange(0.0, len(canonical) / FPS, 1.0 / HZ)
         evidence = _viseme_features(align_phones(samples)[0], samples, 0.0, times, sr)  # [T, D]
-        arrays[f"{clip.stem}.evidence"] = evidence.astype(np.float16)
+        arrays[f"{clip.stem}.visemes"] = evidence.astype(np.float16)
         arrays[f"{clip.stem}.mouth"] = canonical[:, list(MOUTH_IDS)].astype(np.float16)
+        raw[clip.stem] = (*cepstra.raw_cepstra(samples, times, sr), times)
         print(f"{clip.name}: {len(canonical)} frames, audio offset {offset.frames} "
               f"({'applied' if offset.confident else 'not confident'})")
+    speech = np.concatenate([c[cepstra.speech_windows(level, t)] for c, level, t in raw.values()])
+    stats = (speech.mean(0), speech.var(0))
+    arrays["cepstra_population"] = np.stack(stats).astype(np.float32)
+    for stem, (c, level, t) in raw.items():
+        arrays[f"{stem}.cepstra"] = cepstra.normalise(c, level, t, cepstra.new_state(stats)).astype(np.float16)
     args.out.parent.mkdir(parents=True, exist_ok=True)
     np.savez_compressed(args.out, **arrays)
     print(f"wrote {args.out} ({args.out.stat().st_size / 1e6:.2f} MB)")

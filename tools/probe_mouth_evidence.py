@@ -1,12 +1,13 @@
 """How far can speech evidence carry a mouth before any rendering? Other speakers' real mouths as the truth.
 
-    python tools/probe_mouth_evidence.py [--features V,VF,VFI] [--window 5] [--ridge 10] [--cache outputs/evidence]
+    python tools/probe_mouth_evidence.py [--features V,VC,VF,VFI] [--window 5] [--ridge 10] [--cache outputs/evidence]
 
 For the longest clip of every speaker in ../shared/data/video it reads, once (cached as .npz):
 
 - the real mouth opening, MediaPipe, 25 fps (``talkgs.eval.lipsync.mouth_openings``), with the clip's own
   audio-video offset corrected as ``talkgs eval --drive-ref`` corrects it;
 - the ``visemes`` evidence of the soundtrack (V; what the code path's speech model reads);
+- the ``cepstra`` features of the soundtrack (C; running-normalised cepstra, ``talkgs.prepare.cepstra``);
 - formants F1 and F2 (F) and the intensity (I) from Praat (``praat-parselmouth``, needed only for F and I),
   each normalised per clip, so that a voice's own range does not count.
 
@@ -45,22 +46,27 @@ def _public_domain() -> list[Path]:
 def _collect(clip: Path, cache: Path) -> dict[str, np.ndarray]:
     out = cache / f"{clip.stem}.npz"
     if out.exists():
-        return dict(np.load(out))
-    from talkgs.eval.lipsync import _fill_gaps, mouth_openings
+        data = dict(np.load(out))
+        if "cepstra" not in data:  # a cache from before the cepstra encoder
+            from talkgs.prepare.audio import encode_audio
+            from talkgs.prepare.config import AudioConfig
+
+            samples = _speech(clip, data["ref"])
+            data["cepstra"] = encode_audio("cepstra", samples, len(data["ref"]), FPS, AudioConfig()).mean(1)
+            np.savez(out, **data)
+        return data
+    from talkgs.eval.lipsync import mouth_openings
     from talkgs.prepare.audio import encode_audio, feature_times
     from talkgs.prepare.config import AudioConfig
-    from talkgs.prepare.sync import energy_envelope, estimate_offset, shift_audio
-    from talkgs.render.driver import read_speech
     from talkgs.utils import media
 
-    samples = read_speech(clip)
     info = media.probe_video(clip)
     ref = mouth_openings(clip, (info.width, info.height), FPS)  # [F]
     sr = media.SAMPLE_RATE
-    offset = estimate_offset(_fill_gaps(ref), energy_envelope(samples, sr, len(ref), FPS), FPS, 8)
-    samples = shift_audio(samples, offset.frames if offset.confident else 0, sr, FPS)
+    samples = _speech(clip, ref)
     n = len(ref)
-    data = {"ref": ref, "visemes": encode_audio("visemes", samples, n, FPS, AudioConfig()).mean(1)}  # [F, 16]
+    data = {"ref": ref, "visemes": encode_audio("visemes", samples, n, FPS, AudioConfig()).mean(1),  # [F, 16]
+            "cepstra": encode_audio("cepstra", samples, n, FPS, AudioConfig()).mean(1)}  # [F, 13]
     try:
         import parselmouth
     except ImportError:
@@ -77,6 +83,19 @@ def _collect(clip: Path, cache: Path) -> dict[str, np.ndarray]:
     return data
 
 
+def _speech(clip: Path, ref: np.ndarray) -> np.ndarray:
+    """The clip's soundtrack with its own audio-video offset (against its mouth opening ``ref``) corrected."""
+    from talkgs.eval.lipsync import _fill_gaps
+    from talkgs.prepare.sync import energy_envelope, estimate_offset, shift_audio
+    from talkgs.render.driver import read_speech
+    from talkgs.utils import media
+
+    samples = read_speech(clip)
+    sr = media.SAMPLE_RATE
+    offset = estimate_offset(_fill_gaps(ref), energy_envelope(samples, sr, len(ref), FPS), FPS, 8)
+    return shift_audio(samples, offset.frames if offset.confident else 0, sr, FPS)
+
+
 def _per_clip_z(x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """[F, 2] track with NaN where undefined -> (per-clip z-score averaged over the two steps, defined share)."""
     ok = np.isfinite(x)
@@ -86,10 +105,12 @@ def _per_clip_z(x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
 
 
 def design(data: dict[str, np.ndarray], kind: str, window: int) -> np.ndarray:
-    """[F, (2W+1) D + 1] windows of the evidence named by the letters of ``kind`` (V, F, I), and a bias."""
+    """[F, (2W+1) D + 1] windows of the evidence named by the letters of ``kind`` (V, C, F, I), and a bias."""
     cols = []
     if "V" in kind:
         cols.append(data["visemes"])
+    if "C" in kind:
+        cols.append(data["cepstra"])
     if "F" in kind or "I" in kind:
         if "formants" not in data:
             raise SystemExit("error: F and I need praat-parselmouth (pip install praat-parselmouth), "
@@ -118,7 +139,7 @@ def main() -> None:
     from talkgs.eval.drive_ref import _zscore, aperture_correlation
 
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--features", default="V,VF,VI,VFI")
+    p.add_argument("--features", default="V,VC,VF,VI,VFI,VFC")
     p.add_argument("--window", type=int, default=5)
     p.add_argument("--ridge", type=float, default=10.0, help="per training clip (the code path's default is 10)")
     p.add_argument("--cache", default=str(ROOT / "outputs" / "evidence"))

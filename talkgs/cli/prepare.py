@@ -15,8 +15,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--size", type=int, help="side of the square output frames in pixels (default 512)")
     p.add_argument("--fps", type=float, help="output frame rate (default 25)")
     p.add_argument("--audio-encoder", action="append", metavar="NAME",
-                   help="audio features to compute: mel, phonemes, hubert, wav2vec2; repeat or comma-separate "
-                        "(default mel,phonemes)")
+                   help="audio features to compute: mel, phonemes, visemes, cepstra, hubert, wav2vec2; repeat "
+                        "or comma-separate (default mel,phonemes,visemes,cepstra)")
     p.add_argument("--av-offset", metavar="auto|N",
                    help="correct the audio-video offset: 'auto' (default) estimates it, N forces N frames "
                         "(positive: the audio is late)")

@@ -8,19 +8,20 @@
   each frame's tracked code, so they learn every mouth shape the subject made, whatever the audio.
 - ``SpeechToCode``: a linear map from a window of speaker-independent speech evidence (the
   ``visemes`` encoder: mouth-shape classes of pocketsphinx's phones and the loudness relative to the
-  recent peak) to the code. Linear because the subject gives a few hundred frames: a ridge regression
-  cannot memorise the voice and is solved exactly, and its weights can be read (which viseme opens
-  which component). Its predictions are scaled back to the codes' own spread (a regression mumbles)
-  and pulled toward the nearest training codes, so the renderer is not asked for a mouth the subject
-  never made.
+  recent peak; the ``cepstra`` encoder: the spectrum's shape, normalised per speaker) to the code.
+  Linear because the subject gives a few hundred frames: a ridge regression cannot memorise the voice
+  and is solved exactly, and its weights can be read (which viseme opens which component). Its
+  predictions are scaled back to the codes' own spread (a regression mumbles) and pulled toward the
+  nearest training codes, so the renderer is not asked for a mouth the subject never made.
 - Another person's tracked mouth gives a code too (``MouthBasis.transfer``): its movement about its
   own mean, in the subject's components.
 - ``load_prior``: other speakers' evidence and mouths shipped with talkgs (``talkgs/data/mouth_prior.npz``, the
   public-domain Obama and Reagan clips, about 84 s; ``tools/make_mouth_prior.py`` writes it). Pooled with the
-  subject's frames (``MouthCodeConfig.prior``, an option), the regression follows the words more than the
-  subject's voice: measured before rendering on six speakers none of these clips contains, the predicted
-  opening correlates 0.469 with their real mouths against 0.433 from the anchor alone
-  (``tools/probe_mouth_evidence.py``, docs/lip_sync.md).
+  subject's frames (``MouthCodeConfig.prior``), the regression follows the words more than the subject's
+  voice: measured before rendering on six speakers none of these clips contains, a ridge regression's
+  predicted opening correlates with their real mouths at 0.469 from the visemes (0.433 from the anchor alone)
+  and 0.525 with the cepstra beside them (0.382 from the anchor alone: without other voices the cepstra learn
+  the subject's) (``tools/probe_mouth_evidence.py``, docs/lip_sync.md).
 """
 
 from __future__ import annotations
@@ -45,6 +46,8 @@ _INNER_ROWS = [MOUTH_IDS.index(i) for i in topo.LIPS_INNER]
 PRIOR_EVIDENCE_HZ = 100
 #: Frame rate the prior's mouths were tracked at.
 PRIOR_TRACK_FPS = 25.0
+#: Audio encoders whose evidence the prior holds.
+PRIOR_ENCODERS = ("visemes", "cepstra")
 
 
 @dataclass
@@ -73,14 +76,17 @@ class MouthCodeConfig:
     speakers driving it; held-out frames): no scaling gives aperture 0.36, closure recall 0.27, held-out
     mouth_open_corr 0.50, head PSNR 30.20 dB; 1.5 gives 0.38, 0.41, 0.53, 29.94 dB; 3 gives 0.38, 0.35,
     0.52 and 29.43 dB, below the static head's 29.65 (a wrong opening shows more)."""
-    prior: bool = False
+    prior: bool = True
     """Pool the subject's training frames with other speakers' (``talkgs.data.mouth_prior``: the public-domain
-    Obama and Reagan clips, their codes by ``MouthBasis.transfer``) when solving the speech model, so that it
-    learns the words more than the subject's voice. Needs the ``visemes`` encoder alone; the gain and the pull
-    still use the subject's own codes. Off by default: on the anchor (71 s) it lifts the rendered aperture
-    correlation with 6 other speakers from 0.376 to 0.410 and the held-out mouth_open_corr from 0.39 to 0.43,
-    but the 20-s demo subject's speech model follows its own held-out mouth at 0.49 instead of 0.68
-    (docs/lip_sync.md)."""
+    Obama and Reagan clips, their codes by ``MouthBasis.transfer``; a clip that is the subject's own recording is
+    left out) when solving the speech model, so that it learns the words more than the subject's voice. Needs
+    encoders the prior holds (``PRIOR_ENCODERS``); the gain and the pull still use the subject's own codes. With
+    the ``cepstra`` beside the ``visemes`` (the benchmark's code path), on the anchor (71 s, three fits, six
+    speakers the prior does not contain driving it; docs/lip_sync.md) the speech model's predicted opening
+    follows the held-out frames at 0.61 against 0.47 without the prior and without the cepstra, and the
+    drivers' real mouths at 0.49 against 0.43; rendered, the held-out mouth is closer to the truth in every run.
+    The 20-s demo subject's own held-out opening is followed less well (0.30 against 0.61 on 45 frames) while
+    other speakers' mouths are followed better (0.50 against 0.47)."""
     prior_weight: float = 1.0
     """With ``prior``: the weight of all the prior's frames together, relative to all the subject's training
     frames (each prior frame counts ``prior_weight * n_subject / n_prior``)."""
@@ -256,15 +262,40 @@ class SpeechToCode(nn.Module):
         return pred
 
 
-def load_prior(fps: float) -> list[tuple[np.ndarray, np.ndarray]]:
-    """Each prior clip at ``fps``: (``visemes`` evidence [F, 2, D] float32 at ``audio.feature_times``, canonical
-    ``MOUTH_IDS`` landmarks [F, L, 3] float32 at the frames' centres), F the clip's whole frames at ``fps``."""
+def same_recording(a: np.ndarray, b: np.ndarray, min_steps: int = 250, agree: float = 0.8) -> bool:
+    """Whether ``visemes`` evidence a [T, 2, D] and b [T', 2, D] (same frame rate) come from one recording,
+    one possibly cut from the other: at the lag where their relative loudness agrees best over at least
+    ``min_steps`` feature steps, the viseme classes agree on ``agree`` of the overlap (the same soundtrack
+    decoded twice agrees on 98 %, other recordings on 16-29 %)."""
+    la, lb = a[..., -1].reshape(-1).astype(np.float64), b[..., -1].reshape(-1).astype(np.float64)
+    if min(len(la), len(lb)) < min_steps:
+        return False
+    za, zb = (la - la.mean()) / max(la.std(), 1e-9), (lb - lb.mean()) / max(lb.std(), 1e-9)
+    size = 1 << (len(za) + len(zb) - 2).bit_length()
+    xc = np.fft.irfft(np.fft.rfft(za, size) * np.conj(np.fft.rfft(zb, size)), size)  # lag k: a[t + k] vs b[t]
+    lags = np.arange(-(len(zb) - 1), len(za))
+    overlap = np.minimum(len(za), len(zb) + lags) - np.maximum(0, lags)
+    score = np.where(overlap >= min_steps, xc[lags % size] / np.maximum(overlap, 1), -np.inf)
+    lag = int(lags[np.argmax(score)])
+    ca, cb = a[..., :-1].reshape(len(la), -1).argmax(1), b[..., :-1].reshape(len(lb), -1).argmax(1)
+    lo, hi = max(0, lag), min(len(ca), len(cb) + lag)
+    return bool(np.mean(ca[lo:hi] == cb[lo - lag:hi - lag]) >= agree)
+
+
+def load_prior(fps: float, encoders: tuple[str, ...] = ("visemes",)) -> list[tuple[np.ndarray, np.ndarray]]:
+    """Each prior clip at ``fps``: (the evidence of ``encoders`` concatenated, [F, 2, D] float32 at
+    ``audio.feature_times``, canonical ``MOUTH_IDS`` landmarks [F, L, 3] float32 at the frames' centres), F the
+    clip's whole frames at ``fps``. Raises ValueError for an encoder the prior does not hold."""
     with resources.files("talkgs.data").joinpath("mouth_prior.npz").open("rb") as f:
         data = dict(np.load(f))
     clips = []
-    for key in sorted(k for k in data if k.endswith(".evidence")):
-        evidence = data[key].astype(np.float32)  # [T, D] at PRIOR_EVIDENCE_HZ
-        mouth = data[key.removesuffix(".evidence") + ".mouth"].astype(np.float32)  # [M, L, 3] at PRIOR_TRACK_FPS
+    for stem in sorted(k.removesuffix(".mouth") for k in data if k.endswith(".mouth")):
+        missing = [e for e in encoders if f"{stem}.{e}" not in data]
+        if missing:
+            raise ValueError(f"the speech model's prior has no {', '.join(missing)} evidence (it has: "
+                             f"{', '.join(PRIOR_ENCODERS)})")
+        evidence = np.concatenate([data[f"{stem}.{e}"] for e in encoders], -1).astype(np.float32)  # [T, D]
+        mouth = data[f"{stem}.mouth"].astype(np.float32)  # [M, L, 3] at PRIOR_TRACK_FPS
         n = int(min(len(evidence) / PRIOR_EVIDENCE_HZ, len(mouth) / PRIOR_TRACK_FPS) * fps)
         steps = np.clip(np.round(feature_times(n, fps) * PRIOR_EVIDENCE_HZ).astype(np.int64), 0, len(evidence) - 1)
         frames = np.clip(np.floor((np.arange(n) + 0.5) / fps * PRIOR_TRACK_FPS).astype(np.int64), 0, len(mouth) - 1)

@@ -1,4 +1,4 @@
-"""Per-frame audio features for the talking-head model: log-mel, phone one-hots, visemes, HuBERT, wav2vec2.
+"""Per-frame audio features for the talking-head model: log-mel, phone one-hots, visemes, cepstra, HuBERT, wav2vec2.
 
 Timing convention (the anti-drift guarantee)
 --------------------------------------------
@@ -33,10 +33,11 @@ from dataclasses import dataclass
 import numpy as np
 
 from talkgs.errors import TalkgsError
+from talkgs.prepare import cepstra
 from talkgs.prepare.config import AudioConfig
 from talkgs.utils import log, media
 
-ENCODERS: tuple[str, ...] = ("mel", "phonemes", "visemes", "hubert", "wav2vec2")
+ENCODERS: tuple[str, ...] = ("mel", "phonemes", "visemes", "cepstra", "hubert", "wav2vec2")
 
 #: Phone set of the ``phonemes`` one-hot: SIL (silence, breath, noise and other fillers), then the
 #: 39 CMU phones of pocketsphinx's en-us acoustic model.
@@ -169,6 +170,8 @@ def encode_audio(
     if name == "visemes":
         # Word recognition needs whole sentences: phones come from one pass over the clip.
         feats = _viseme_features(align_phones(audio)[0], audio, 0.0, times, sample_rate)
+    elif name == "cepstra":
+        feats = encode_span(name, audio, 0.0, times, cfg, sample_rate)  # in order, from a fresh state
     elif name in ("mel", "phonemes"):
         feats = _chunked(name, audio, times, cfg, sample_rate)
     else:
@@ -203,14 +206,16 @@ def encode_span(
     times: np.ndarray,
     cfg: AudioConfig,
     sample_rate: int = media.SAMPLE_RATE,
+    state: object | None = None,
 ) -> np.ndarray:
     """Features [T, D] of encoder ``name`` at absolute ``times`` [T] (s), from a stretch of audio.
 
     The streaming counterpart of ``encode_audio``: ``samples`` (float32 mono) start at ``start_s`` of
     a longer signal. ``mel`` gives exactly the features of the whole signal when the stretch starts on
     a multiple of ``MEL_HOP_S`` and holds at least ``MEL_WINDOW_S`` of audio before and after every
-    time. ``phonemes`` and the model encoders see only the stretch, so their features near its ends
-    can differ from a decode of the whole signal.
+    time. ``cepstra`` does too when consecutive calls pass the same ``state`` (``stream_state``) and
+    increasing times. ``phonemes`` and the model encoders see only the stretch, so their features near
+    its ends can differ from a decode of the whole signal.
     """
     _check_name(name)
     rel = np.asarray(times, np.float64) - start_s
@@ -218,6 +223,9 @@ def encode_span(
         return np.zeros((0, feature_dim(name, cfg)), np.float32)
     if name == "mel":
         feats = _log_mel(samples, rel, cfg.n_mels, sample_rate)
+    elif name == "cepstra":
+        raw, level = cepstra.raw_cepstra(samples, rel, sample_rate)
+        feats = cepstra.normalise(raw, level, np.asarray(times, np.float64), state or cepstra.new_state())
     elif name == "phonemes":
         feats = _phone_one_hot(phone_segments(samples, sample_rate), rel)
     elif name == "visemes":
@@ -228,11 +236,20 @@ def encode_span(
     return np.ascontiguousarray(feats, dtype=np.float32)
 
 
+def stream_state(name: str) -> object | None:
+    """What ``encode_span`` of encoder ``name`` carries from one stretch of a signal to the next (None:
+    nothing)."""
+    _check_name(name)
+    return cepstra.new_state() if name == "cepstra" else None
+
+
 def feature_dim(name: str, cfg: AudioConfig) -> int:
     """D of encoder ``name``; the model encoders read only their checkpoint's config."""
     _check_name(name)
     if name == "mel":
         return cfg.n_mels
+    if name == "cepstra":
+        return cepstra.COEFFS
     if name == "phonemes":
         return len(PHONES)
     if name == "visemes":

@@ -127,9 +127,10 @@ class SignalConfig:
 
 @dataclass
 class AudioConfig:
-    encoders: tuple[str, ...] = ("mel", "phonemes", "visemes")
-    """Audio features to compute: any of mel, phonemes, visemes, hubert, wav2vec2. ``mel`` drives the
-    direct audio path, ``visemes`` the mouth-code path's speech model (``HeadConfig.drive``)."""
+    encoders: tuple[str, ...] = ("mel", "phonemes", "visemes", "cepstra")
+    """Audio features to compute: any of mel, phonemes, visemes, cepstra, hubert, wav2vec2. ``mel`` drives
+    the direct audio path, ``visemes`` and ``cepstra`` the mouth-code path's speech model
+    (``HeadConfig.drive``)."""
     hubert_model: str = "facebook/hubert-large-ls960-ft"
     """Hugging Face id or local folder of the HuBERT checkpoint (TalkingGaussian's default)."""
     wav2vec2_model: str = "facebook/wav2vec2-base-960h"

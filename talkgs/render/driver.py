@@ -403,13 +403,13 @@ class AudioStream:
     SAMPLE_RATE = media.SAMPLE_RATE
     #: Audio kept before the first feature frame still to be computed, and reached past the last one:
     #: context for the encoders (mel needs 12.5 ms, the phone decoders about a second).
-    CONTEXT_S = {"mel": 0.05, "phonemes": 1.0, "visemes": 1.0}
+    CONTEXT_S = {"mel": 0.05, "cepstra": 0.05, "phonemes": 1.0, "visemes": 1.0}
     MODEL_CONTEXT_S = 1.5
     #: Feature frames computed together: each encoder call costs a decode of the context.
     BLOCK_FRAMES = 4
 
     def __init__(self, renderer: TalkingRenderer, layers: Layers | None = None):
-        from talkgs.prepare.audio import MEL_HOP_S
+        from talkgs.prepare.audio import MEL_HOP_S, stream_state
 
         self.r = renderer
         self.layers = layers
@@ -420,6 +420,7 @@ class AudioStream:
         self._buffer_start = 0  # absolute sample of _buffer[0], a multiple of the mel hop
         self._received = 0  # samples pushed so far
         self._features: list[np.ndarray] = []  # [2, D] per frame, frames _feat_start..
+        self._states = {e: stream_state(e) for e in renderer.encoders}  # running normalisation (cepstra)
         self._feat_start = 0
         self._next_frame = 0
         self._closed = False
@@ -466,8 +467,8 @@ class AudioStream:
         from talkgs.prepare.audio import encode_span, feature_times
 
         times = feature_times(hi, self.r.fps)[lo:hi].reshape(-1)  # [2 (hi - lo)]
-        parts = [encode_span(e, self._buffer, self._buffer_start / self.SAMPLE_RATE, times, self.r.audio_cfg)
-                 for e in self.r.encoders]
+        parts = [encode_span(e, self._buffer, self._buffer_start / self.SAMPLE_RATE, times, self.r.audio_cfg,
+                             state=self._states[e]) for e in self.r.encoders]
         feats = np.concatenate(parts, -1).reshape(hi - lo, 2, -1)
         self._features.extend(feats)
         self._trim()

@@ -28,7 +28,7 @@ from talkgs.model.fitted import FittedModel, Replay, encode_layer, header_for, l
 from talkgs.model.gaussians import GaussianModel
 from talkgs.model.init_head import initial_points, mouth_points
 from talkgs.model.losses import psnr, ssim
-from talkgs.model.mouth_code import load_prior
+from talkgs.model.mouth_code import PRIOR_ENCODERS, load_prior, same_recording
 from talkgs.model.talking_head import TalkingHead
 from talkgs.train.checkpoint import load_checkpoint, save_checkpoint
 from talkgs.train.config import FitConfig, StageConfig
@@ -80,6 +80,46 @@ def fitted_model(subject: Subject, cfg: FitConfig, frames: SubjectFrames, head: 
     return FittedModel(head, header, replay, encode_layer(plate), torso)
 
 
+def speech_prior(subject: Subject, head: TalkingHead) -> list[tuple[torch.Tensor, torch.Tensor]] | None:
+    """Other speakers' (evidence, codes in ``subject``'s basis) for ``head``'s speech model when ``head.code.prior``
+    asks for them, without any clip that is the subject's own recording."""
+    cfg = head.cfg
+    if not cfg.code.prior:
+        return None
+    if not set(cfg.audio_encoders) <= set(PRIOR_ENCODERS):
+        log.warn(f"head.code.prior holds {', '.join(PRIOR_ENCODERS)} evidence, not "
+                 f"{', '.join(cfg.audio_encoders)}: the speech model is fitted on the subject alone")
+        return None
+    clips = load_prior(subject.fps, tuple(cfg.audio_encoders))
+    if "visemes" in subject.audio_encoders:
+        # A subject filmed in one of the prior's clips would count those frames twice and train on its held-out ones.
+        own = np.asarray(subject.audio_features("visemes"))
+        keep = [not same_recording(own, e) for e, _ in load_prior(subject.fps)]
+        if not all(keep):
+            log.info(f"speech model: left out {keep.count(False)} prior clip(s) recorded from the subject's own video")
+        clips = [c for c, k in zip(clips, keep) if k]
+    log.info(f"speech model: the subject's frames pooled with {sum(len(e) for e, _ in clips)} frames of "
+             f"{len(clips)} other clips (head.code.prior)")
+    return [(torch.from_numpy(e), head.mouth_code.transfer_mouth(m)) for e, m in clips]
+
+
+@torch.no_grad()
+def speech_report(head: TalkingHead, features: torch.Tensor, codes: torch.Tensor, train, test) -> dict:
+    """How well speech predicts the tracked mouth: correlation of the predicted and tracked inner-lip opening on
+    the held-out (``test``) and the ``train`` frames, and the code error beside a still mouth's. ``features``
+    [F, 2, D] and tracked ``codes`` [F, C] of every frame."""
+    pred = head.speech(features, torch.arange(features.shape[0], device=features.device)).cpu()
+    codes = codes.cpu()
+    a, b = head.mouth_code.opening(pred).numpy(), head.mouth_code.opening(codes).numpy()
+    corr = lambda idx: round(float(np.corrcoef(a[idx], b[idx])[0, 1]), 3)  # noqa: E731
+    report = {"components": int(codes.shape[1]), "opening_corr_test": corr(test), "opening_corr_train": corr(train),
+              "rmse_test": round(float(((pred[test] - codes[test]) ** 2).mean().sqrt()), 3),
+              "rmse_test_still": round(float((codes[test] ** 2).mean().sqrt()), 3)}
+    log.info(f"speech -> mouth code: held-out opening correlation {report['opening_corr_test']}, code rmse "
+             f"{report['rmse_test']} (still mouth {report['rmse_test_still']})")
+    return report
+
+
 class Trainer:
     def __init__(self, subject_dir: str | Path, cfg: FitConfig, resume: bool = False, force: bool = False):
         self.subject = Subject(subject_dir)
@@ -125,7 +165,8 @@ class Trainer:
             first_stage, first_step = 0, 0
         if cfg.head.drive == "code":
             ctx.codes = head.mouth_code.encode(self.subject.canonical_landmarks).to(ctx.device)
-            report.setdefault("mouth_code", self._speech_report(ctx, head))
+            report.setdefault("mouth_code", speech_report(head, ctx.features, ctx.codes, ctx.train_indices,
+                                                              ctx.test_indices))
         for k in range(first_stage, len(cfg.stages)):
             stage_cfg = cfg.stages[k]
             resume_state = ckpt if (ckpt is not None and k == first_stage and first_step > 0) else None
@@ -173,38 +214,8 @@ class Trainer:
                      "jaw movement of the training frames")
             features = ctx.require_audio("the mouth code's speech model").cpu()
             head.speech.fit(features, head.mouth_code.encode(canonical), torch.as_tensor(train),
-                            prior=self._speech_prior(head))
+                            prior=speech_prior(self.subject, head))
         return head
-
-    def _speech_prior(self, head: TalkingHead) -> list[tuple[torch.Tensor, torch.Tensor]] | None:
-        """Other speakers' (evidence, codes in this subject's basis) when ``head.code.prior`` asks for them."""
-        cfg = self.cfg.head
-        if not cfg.code.prior:
-            return None
-        if list(cfg.audio_encoders) != ["visemes"]:
-            log.warn(f"head.code.prior needs audio_encoders [visemes], not {list(cfg.audio_encoders)}: the speech "
-                     "model is fitted on the subject alone")
-            return None
-        clips = load_prior(self.subject.fps)
-        log.info(f"speech model: the subject's frames pooled with {sum(len(e) for e, _ in clips)} frames of "
-                 f"{len(clips)} other clips (head.code.prior)")
-        return [(torch.from_numpy(e), head.mouth_code.transfer_mouth(m)) for e, m in clips]
-
-    @torch.no_grad()
-    def _speech_report(self, ctx: FitContext, head: TalkingHead) -> dict:
-        """How well speech predicts the tracked mouth: correlation of the predicted and tracked inner-lip
-        opening on the held-out and the training frames, and the code error beside a still mouth's."""
-        pred = head.speech(ctx.features, torch.arange(ctx.features.shape[0], device=ctx.device)).cpu()
-        codes = ctx.codes.cpu()
-        a, b = head.mouth_code.opening(pred).numpy(), head.mouth_code.opening(codes).numpy()
-        test, train = ctx.test_indices, ctx.train_indices
-        corr = lambda idx: round(float(np.corrcoef(a[idx], b[idx])[0, 1]), 3)  # noqa: E731
-        report = {"components": int(codes.shape[1]), "opening_corr_test": corr(test), "opening_corr_train": corr(train),
-                  "rmse_test": round(float(((pred[test] - codes[test]) ** 2).mean().sqrt()), 3),
-                  "rmse_test_still": round(float((codes[test] ** 2).mean().sqrt()), 3)}
-        log.info(f"speech -> mouth code: held-out opening correlation {report['opening_corr_test']}, code rmse "
-                 f"{report['rmse_test']} (still mouth {report['rmse_test_still']})")
-        return report
 
     def _checkpoint(self, stage_index: int, step: int, head: TalkingHead, optimizers, strategy_state,
                     gen: torch.Generator, report: dict, elapsed: float = 0.0) -> None:
