@@ -91,10 +91,12 @@ class Stage:
         labels = batch.labels
         head = label_mask(labels, self._head_labels)
         mouth = labels == Label.MOUTH
-        colour = torch.ones_like(mouth) if self.mouth else ~mouth
+        colour = (torch.ones_like(mouth) if self.mouth else ~mouth).float()
+        if self.face_motion and self.cfg.loss.mouth_weight != 1.0:
+            colour = colour * torch.where(mouth | (labels == Label.LIPS), self.cfg.loss.mouth_weight, 1.0)
         # Neck pixels are "don't care" for alpha: the head may cover the top of the neck there.
         return {
-            "colour": colour[..., None].float(),
+            "colour": colour[..., None],
             "head": head[..., None].float(),
             "alpha_target": head[..., None].float(),
             "alpha_weight": (labels != Label.NECK)[..., None].float(),
