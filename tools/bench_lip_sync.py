@@ -4,12 +4,15 @@
                                    [--out docs/benchmarks/lip_sync.json] [--strip-driver noem_en_18s_256]
 
 For each subject (the demo clip in assets/, the 71 s anchor clip of ../shared/data) and each drive path
-(``audio``: TalkingGaussian's direct audio nets; ``code``: the mouth code and its speech model), it
+(``audio``: TalkingGaussian's direct audio nets; ``code``: the mouth code and its speech model on the
+``visemes`` and ``cepstra`` evidence), it
 prepares and fits the subject with the cpu preset (skipped when WORK/<subject>_<path> holds a fit), then:
 
 - drives it with one real talking video of every other speaker in ../shared/data (their soundtracks
   through the model's audio path) and compares the mouths MediaPipe sees in the render and in that
-  video (``talkgs eval --drive-ref``), each figure beside its chance level;
+  video (``talkgs eval --drive-ref``), each figure beside its chance level; a code-path speech model
+  pooled with the prior (``head.code.prior``) has heard the public-domain speakers (Obama, Reagan), so
+  they do not drive it (the result's ``drivers_left_out``);
 - on the code path also drives it with those videos' tracked mouths (``talkgs render --drive``);
 - evaluates the held-out split self-driven (``talkgs eval``: mouth_open_corr, LMD, mouth and head PSNR,
   each beside the same Gaussians without motion).
