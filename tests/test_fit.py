@@ -282,27 +282,6 @@ def test_open_sampling_draws_the_frames_where_the_mouth_interior_shows(demo_subj
     assert np.isin(drawn, closed).any()
 
 
-def test_mouth_weight_weighs_the_lips_and_the_interior_in_the_motion_stages(fitted):
-    """``loss.mouth_weight`` multiplies the colour weight of lip and mouth-interior pixels in the stages with face
-    motion; the static head (which leaves the interior out) ignores it."""
-    from talkgs.data.schema import Label
-    from talkgs.train.config import LossConfig
-
-    weighted = {}
-    for name in ("static", "face", "fuse"):
-        ctx, stage = fitted_stage(fitted[0], name)
-        train = ctx.train_indices
-        batch = ctx.batch(int(train[np.argmax(ctx.mouth_open[train])]))  # the interior shows
-        plain = stage.masks(batch)["colour"][..., 0]
-        stage.cfg = dataclasses.replace(stage.cfg, loss=LossConfig(mouth_weight=5.0))
-        colour = stage.masks(batch)["colour"][..., 0]
-        lips, inside, face = (batch.labels == label for label in (Label.LIPS, Label.MOUTH, Label.FACE))
-        assert lips.any() and inside.any() and torch.equal(colour[face], plain[face])
-        weighted[name] = (colour[lips].unique().tolist(), colour[inside].unique().tolist())
-    assert weighted["static"][0] == [1.0] and weighted["face"][0] == [5.0] and weighted["fuse"][0] == [5.0]
-    assert weighted["static"][1] == [0.0] and weighted["face"][1] == [5.0] and weighted["fuse"][1] == [5.0]
-
-
 def test_render_test_split(fitted, tmp_path, capsys):
     from talkgs.data import Subject
 

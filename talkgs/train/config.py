@@ -55,10 +55,6 @@ class LossConfig:
     little). With the rendered frame alone the audio net sees one frame per step and does not even fit
     the lip motion of the training frames."""
     ssim_window: int = 11
-    mouth_weight: float = 1.0
-    """Stages with face motion: the colour loss's weight of lip and mouth-interior pixels relative to the
-    others. They are about 1 % of a 256-px frame, and the opening a viewer (or a landmarker) reads is
-    drawn there."""
 
 
 @dataclass

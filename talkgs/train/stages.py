@@ -91,12 +91,10 @@ class Stage:
         labels = batch.labels
         head = label_mask(labels, self._head_labels)
         mouth = labels == Label.MOUTH
-        colour = (torch.ones_like(mouth) if self.mouth else ~mouth).float()
-        if self.face_motion and self.cfg.loss.mouth_weight != 1.0:
-            colour = colour * torch.where(mouth | (labels == Label.LIPS), self.cfg.loss.mouth_weight, 1.0)
+        colour = torch.ones_like(mouth) if self.mouth else ~mouth
         # Neck pixels are "don't care" for alpha: the head may cover the top of the neck there.
         return {
-            "colour": colour[..., None],
+            "colour": colour[..., None].float(),
             "head": head[..., None].float(),
             "alpha_target": head[..., None].float(),
             "alpha_weight": (labels != Label.NECK)[..., None].float(),
