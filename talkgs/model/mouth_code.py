@@ -26,6 +26,7 @@
 
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass
 from importlib import resources
 
@@ -282,12 +283,19 @@ def same_recording(a: np.ndarray, b: np.ndarray, min_steps: int = 250, agree: fl
     return bool(np.mean(ca[lo:hi] == cb[lo - lag:hi - lag]) >= agree)
 
 
+@functools.lru_cache(maxsize=1)
+def _prior_arrays() -> dict[str, np.ndarray]:
+    """Every array of ``talkgs/data/mouth_prior.npz``, read once (a fit asks for the prior with and without
+    its own encoders); callers copy what they use."""
+    with resources.files("talkgs.data").joinpath("mouth_prior.npz").open("rb") as f:
+        return dict(np.load(f))
+
+
 def load_prior(fps: float, encoders: tuple[str, ...] = ("visemes",)) -> list[tuple[np.ndarray, np.ndarray]]:
     """Each prior clip at ``fps``: (the evidence of ``encoders`` concatenated, [F, 2, D] float32 at
     ``audio.feature_times``, canonical ``MOUTH_IDS`` landmarks [F, L, 3] float32 at the frames' centres), F the
     clip's whole frames at ``fps``. Raises ValueError for an encoder the prior does not hold."""
-    with resources.files("talkgs.data").joinpath("mouth_prior.npz").open("rb") as f:
-        data = dict(np.load(f))
+    data = _prior_arrays()
     clips = []
     for stem in sorted(k.removesuffix(".mouth") for k in data if k.endswith(".mouth")):
         missing = [e for e in encoders if f"{stem}.{e}" not in data]
