@@ -6,6 +6,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 from talkgs.errors import TalkgsError
@@ -77,6 +78,27 @@ def test_topology_matches_mediapipe():
     assert set(topo.LOWER_JAW) <= set(topo.FACE_OVAL)
     lips_eyes = set(topo.LIPS_OUTER + topo.LIPS_INNER + topo.LEFT_EYE + topo.RIGHT_EYE)
     assert not set(topo.RIGID) & (lips_eyes - {33, 133, 362, 263}) and not set(topo.RIGID) & set(topo.LOWER_JAW)
+
+
+def test_shipped_mesh_triangles_are_mediapipes():
+    """The fit reads the face mesh's triangles from package data, not from MediaPipe (a GPU server that
+    fits a subject prepared elsewhere needs no MediaPipe): they must be MediaPipe's tessellation's."""
+    import mediapipe as mp
+
+    from talkgs.model.init_head import mesh_triangles
+
+    edges = {frozenset(e) for e in mp.solutions.face_mesh.FACEMESH_TESSELATION}
+    tris = mesh_triangles()
+    assert tris.shape == (854, 3) and tris.dtype == np.int64
+    assert len({tuple(t) for t in tris}) == len(tris)
+    assert {frozenset(e) for t in tris for e in ((t[0], t[1]), (t[1], t[2]), (t[0], t[2]))} == edges
+    # Every 3-clique of the tessellation's edges is a triangle, and none is missing.
+    nb: dict[int, set[int]] = {}
+    for a, b in map(tuple, edges):
+        nb.setdefault(a, set()).add(b)
+        nb.setdefault(b, set()).add(a)
+    cliques = {(a, b, c) for a in nb for b in nb[a] if b > a for c in nb[a] & nb[b] if c > b}
+    assert {tuple(sorted(t)) for t in tris.tolist()} == cliques
 
 
 def test_staging_dir(tmp_path):

@@ -2,6 +2,7 @@
 
     python tools/bench_render.py SUBJECT_DIR --audio SPEECH [--size 512] [--frames 200] [--device cuda]
     python tools/bench_render.py SUBJECT_DIR --audio SPEECH --memory   # whole render_speech, peak RSS
+    python tools/bench_render.py SUBJECT_DIR --audio SPEECH --stream [--chunk-ms 40]   # streaming latency
 
 The default mode times, per frame (averaged over --frames frames, after a warm-up batch), the two
 halves of the head's one forward pass as ``talkgs render`` runs them: ``deform`` (audio nets and
@@ -9,6 +10,10 @@ motion fields, batched) and ``draw`` (rasterizing both branches, the torso layer
 then H.264 encoding; it reports the FPS with and without the video encoder. Audio feature extraction
 is reported per second of audio. On CUDA, every timed section ends with a synchronize, so the times
 are the GPU's.
+
+--stream pushes the audio into ``TalkingRenderer.stream`` in real-time-sized chunks (``--chunk-ms``)
+and times each push that returns frames: the compute a live caller waits for on top of the stream's
+algorithmic latency (the audio look-ahead, ``AudioStream.latency_ms``), reported beside it.
 
 --memory renders the whole audio with ``render_speech`` (frames streamed to the encoder) and
 reports the Python process's peak resident memory, to show that it does not grow with the audio's
@@ -84,6 +89,46 @@ def bench_stages(subject: str, audio: str, size: int | None, frames: int, device
     }
 
 
+def bench_stream(subject: str, audio: str, size: int | None, device: str | None, chunk_ms: float,
+                 seconds: float) -> dict:
+    from talkgs.render.driver import DriveConfig, TalkingRenderer, read_speech
+    from talkgs.utils import media
+
+    r = TalkingRenderer(subject, DriveConfig(size=size), device)
+    samples = read_speech(audio)[:round(seconds * media.SAMPLE_RATE)]
+    chunk = max(1, round(chunk_ms / 1000 * media.SAMPLE_RATE))
+    warmup = media.SAMPLE_RATE  # the first second's pushes build kernels and caches: not timed
+    stream = r.stream()
+    waits, frames, total = [], 0, 0.0
+    with torch.no_grad():
+        for a in range(0, len(samples), chunk):
+            _sync(r.device)
+            t = time.perf_counter()
+            out = stream.push(samples[a:a + chunk])
+            _sync(r.device)
+            dt = time.perf_counter() - t
+            if a >= warmup:
+                total += dt
+                if out:
+                    waits.append(dt)
+                    frames += len(out)
+        stream.close()
+    if not waits:
+        raise SystemExit(f"{audio}: too short to time the stream (needs more than 1 s after the warm-up)")
+    ms = 1000 * np.array(waits)
+    timed_s = (len(samples) - warmup) / media.SAMPLE_RATE
+    return {
+        "device": str(r.device), "gpu": torch.cuda.get_device_name(r.device) if r.device.type == "cuda" else None,
+        "size": r.size, "encoders": list(r.encoders), "chunk_ms": round(1000 * chunk / media.SAMPLE_RATE, 1),
+        "lookahead_ms": round(stream.latency_ms, 1), "lookahead_frames": stream.latency_frames,
+        "frames_timed": frames,
+        "compute_ms_per_push": {"median": round(float(np.median(ms)), 2),
+                                "p95": round(float(np.percentile(ms, 95)), 2), "max": round(float(ms.max()), 2)},
+        "latency_ms_p95": round(stream.latency_ms + float(np.percentile(ms, 95)), 1),
+        "realtime_factor": round(timed_s / total, 2),
+    }
+
+
 def bench_memory(subject: str, audio: str, size: int | None, device: str | None) -> dict:
     from talkgs.render.driver import DriveConfig, render_speech
 
@@ -105,8 +150,13 @@ def main() -> None:
     p.add_argument("--batch", type=int, default=8)
     p.add_argument("--device")
     p.add_argument("--memory", action="store_true")
+    p.add_argument("--stream", action="store_true")
+    p.add_argument("--chunk-ms", type=float, default=40.0, help="--stream: audio per push")
+    p.add_argument("--seconds", type=float, default=20.0, help="--stream: audio streamed (the first second untimed)")
     args = p.parse_args()
-    if args.memory:
+    if args.stream:
+        result = bench_stream(args.subject, args.audio, args.size, args.device, args.chunk_ms, args.seconds)
+    elif args.memory:
         result = bench_memory(args.subject, args.audio, args.size, args.device)
     else:
         result = bench_stages(args.subject, args.audio, args.size, args.frames, args.device, args.batch)

@@ -11,6 +11,7 @@ The optimisation moves and densifies them; the initial points only need to be ro
 from __future__ import annotations
 
 from dataclasses import dataclass
+from importlib import resources
 
 import numpy as np
 
@@ -35,18 +36,13 @@ class InitConfig:
 
 
 def mesh_triangles() -> np.ndarray:
-    """[T, 3] triangles of MediaPipe's face mesh (the 3-cliques of its tessellation edges)."""
-    import mediapipe as mp
+    """[T, 3] triangles of MediaPipe's face mesh (the 3-cliques of its tessellation edges).
 
-    edges = {frozenset(e) for e in mp.solutions.face_mesh.FACEMESH_TESSELATION}
-    neighbours: dict[int, set[int]] = {}
-    for e in edges:
-        a, b = tuple(e)
-        neighbours.setdefault(a, set()).add(b)
-        neighbours.setdefault(b, set()).add(a)
-    tris = {tuple(sorted((a, b, c))) for a in neighbours for b in neighbours[a] if b > a
-            for c in neighbours[a] & neighbours[b] if c > b}
-    return np.array(sorted(tris), np.int64)
+    Shipped as package data (tests/test_foundation.py derives it from MediaPipe again), so that fitting
+    needs no MediaPipe: a subject prepared on one machine fits on a GPU server that only has torch.
+    """
+    with resources.files("talkgs.data").joinpath("face_mesh_triangles.npy").open("rb") as f:
+        return np.load(f).astype(np.int64)
 
 
 def _project(points: np.ndarray, w2c: np.ndarray, K: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
