@@ -422,6 +422,7 @@ def test_import_does_not_load_gsplat_cuda():
 # --- gsplat on CUDA -------------------------------------------------------------------------------
 
 
+@pytest.mark.cuda
 @pytest.mark.skipif(not CUDA, reason="needs CUDA: gsplat's kernels (JIT-built on first use)")
 def test_torch_backend_matches_gsplat_on_cuda(monkeypatch):
     """The torch backend (on the GPU) against gsplat's CUDA kernels, float32, forward and backward.
@@ -464,6 +465,7 @@ def test_torch_backend_matches_gsplat_on_cuda(monkeypatch):
         assert float((a - b).norm() / b.norm()) < 1e-3, name
 
 
+@pytest.mark.cuda
 @pytest.mark.skipif(not CUDA, reason="needs CUDA")
 def test_auto_picks_gsplat_for_cuda_float32():
     scene = {k: v.float().cuda() if isinstance(v, torch.Tensor) else v for k, v in _random_scene(12).items()}

@@ -46,6 +46,8 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 WHEELS = ROOT / ".whl"
 SITE = Path("/tmp/talkgs_gpu_site")
+# This process reads talkgs too (the preset's stages, the export), from the checkout and the carried wheels.
+sys.path[:0] = [str(ROOT), str(SITE)]
 #: The device tool brings back files up to this size: larger ones are split into parts of it.
 PART_BYTES = 15 * 2**20
 
@@ -167,7 +169,7 @@ def setup(run: Run) -> None:
 
 
 def tests(run: Run) -> None:
-    code, out, s = run.sh("cuda tests", py("-m", "pytest", "-m", "cuda", "-q", "-rs", "-p", "no:cacheprovider",
+    code, out, s = run.sh("cuda tests", py("-m", "pytest", "-m", "cuda", "-q", "-rA", "-p", "no:cacheprovider",
                                            "tests/test_render.py", "tests/test_hashgrid.py"),
                           timeout=240, log_to=run.out / "pytest_cuda.txt")
     summary = [ln for ln in out.splitlines() if " passed" in ln or " failed" in ln or " skipped" in ln
@@ -243,7 +245,7 @@ def full_fit(run: Run, subject: Path, work: Path, preset: str, device: str, iter
              slice_speed: dict | None) -> Path | None:
     root = copy_subject(subject, work / "full", cache_from=work / "slice")
     allowed = run.left() - run.reserve
-    if allowed < 30:
+    if allowed < run.budget / 10:  # too short to reach the first checkpointed step
         run.step("fit", {"skipped": f"only {run.left():.0f} s left"})
         return None
     memory_probe = root / "peak_gpu_mem.json"
@@ -294,13 +296,13 @@ def full_fit(run: Run, subject: Path, work: Path, preset: str, device: str, iter
     return root
 
 
-def render(run: Run, root: Path, device: str, size: int, frames: int) -> None:
+def render(run: Run, root: Path, device: str, size: int, frames: int, stream_seconds: float) -> None:
     audio = str(root / "audio.wav")
     bench = [str(ROOT / "tools" / "bench_render.py"), str(root), "--audio", audio, "--device", device,
              "--size", str(size)]
     result = {}
     for name, extra in (("batched", ["--frames", str(frames), "--batch", "8"]),
-                        ("stream", ["--stream", "--seconds", "12"])):
+                        ("stream", ["--stream", "--seconds", str(stream_seconds)])):
         code, out, s = run.sh(f"render {name}", py(*bench, *extra), timeout=240)
         try:
             result[name] = json.loads(out[out.index("{"):])
@@ -377,6 +379,7 @@ def main() -> int:
     p.add_argument("--fit-iterations", type=int, help="override every stage's iterations of the full fit")
     p.add_argument("--size", type=int, default=512, help="render size of the render benchmark")
     p.add_argument("--frames", type=int, default=400, help="frames timed by the batched render benchmark")
+    p.add_argument("--stream-seconds", type=float, default=12, help="audio streamed by the stream benchmark")
     p.add_argument("--work", type=Path, default=Path("/tmp/talkgs_gpu_work"))
     p.add_argument("--dry-run", action="store_true",
                    help="CPU, no wheels or builds; use with --preset tiny and few iterations")
@@ -407,7 +410,7 @@ def main() -> int:
         root = args.work / "slice"  # the render benchmark still runs, on the slice's (smaller) model
         run.report["render_model"] = "slice"
     if root is not None and "render" not in args.skip:
-        render(run, root, device, args.size, args.frames)
+        render(run, root, device, args.size, args.frames, args.stream_seconds)
     if root is not None:
         split_model(run, root)
     summarise(run)

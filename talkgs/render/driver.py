@@ -18,6 +18,8 @@ What drives frame i besides the audio (``Track``):
 from __future__ import annotations
 
 import math
+import os
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -275,6 +277,7 @@ class TalkingRenderer:
         self.audio_cfg = from_dict(AudioConfig, model.audio_settings)
         #: Frames of audio after frame i that frame i's embedding reads (0 for a causal audio net).
         self.lookahead = self.head.right_context
+        self._decoders: ThreadPoolExecutor | None = None  # decodes a batch's torso layers (``_under``)
 
     # -- audio ---------------------------------------------------------------------------------------
     def num_frames(self, samples: np.ndarray | int, sample_rate: int = media.SAMPLE_RATE) -> int:
@@ -354,24 +357,34 @@ class TalkingRenderer:
         poses = [(track or self.track).pose(int(i)) for i in indices]
         if viewmats is None:
             viewmats = torch.tensor(np.stack([w2c for w2c, _ in poses]), dtype=torch.float32, device=self.device)
-        under = torch.stack([self._under(source, layers, size) for _, source in poses])  # [B, S, S, 3]
+        under = self._under([source for _, source in poses], layers, size)  # [B, S, S, 3]
         K = scale_intrinsics(self.K, size / self.size)
         out = draw(deformation, viewmats, K, under, face=layers.face, mouth=layers.mouth and self.model.draws["mouth"],
                    backend=self.backend)
         return [media.to_uint8(image) for image in out.image]
 
-    def _under(self, source: int, layers: Layers, size: int) -> torch.Tensor:
-        """[S, S, 3] what lies under the head: the source frame's torso over the background."""
+    def _under(self, sources: list[int], layers: Layers, size: int) -> torch.Tensor:
+        """[B, S, S, 3] what lies under the head in each frame: its source frame's torso over the background."""
         background = self.background if layers.background else torch.zeros_like(self.background)
         if size != self.size:
             background = torch.nn.functional.interpolate(background.permute(2, 0, 1)[None], (size, size),
                                                          mode="bilinear", align_corners=False)[0].permute(1, 2, 0)
         if not layers.torso:
-            return background
-        rgba = self.model.torso(source)  # premultiplied RGB, binary alpha, at the model's layer size
-        if rgba.shape[0] != size:
-            shrink = size < rgba.shape[0]
-            rgba = cv2.resize(rgba, (size, size), interpolation=cv2.INTER_AREA if shrink else cv2.INTER_LINEAR)
+            return background.expand(len(sources), -1, -1, -1)
+
+        def torso(source: int) -> np.ndarray:
+            rgba = self.model.torso(source)  # premultiplied RGB, binary alpha, at the model's layer size
+            if rgba.shape[0] != size:
+                shrink = size < rgba.shape[0]
+                rgba = cv2.resize(rgba, (size, size), interpolation=cv2.INTER_AREA if shrink else cv2.INTER_LINEAR)
+            return rgba
+
+        # The layers are PNGs: decoding one is CPU work (about 5 ms at 512 px) that measured half a GPU
+        # frame's time on an H200 (docs/gpu.md). OpenCV releases the GIL, so a batch decodes on threads.
+        if self._decoders is None:
+            self._decoders = ThreadPoolExecutor(max_workers=max(1, min(self.cfg.batch, os.cpu_count() or 1)),
+                                                thread_name_prefix="talkgs-layers")
+        rgba = np.stack(list(self._decoders.map(torso, sources)))  # [B, S, S, 4] uint8
         layer = torch.from_numpy(rgba).to(self.device).float() / 255.0
         # Premultiplied over: exactly the frame's pixels where the alpha is 1, the background where 0.
         return layer[..., :3] + (1 - layer[..., 3:]) * background
