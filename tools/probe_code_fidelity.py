@@ -6,7 +6,14 @@
 Each fitted subject (``head.drive: code``) renders an even sample of its training frames and all of its held-out
 frames with the frame's own tracked mouth code (not speech), pose, blinks and torso, and MediaPipe reads the
 rendered and the real mouths. Reported per split: the correlation of the two openings, their percentiles (a
-render whose mouth opens less than the truth's shows lower ones) and the mouth-region PSNR.
+render whose mouth opens less than the truth's shows lower ones) and the mouth-region PSNR. Beside them, the
+lips' geometric opening: the template's landmarks moved by the deformed face Gaussians around them (the 8
+nearest, inverse-distance weighted, as the landmark loss moves them) and projected, measured with the same
+formula, against the tracked landmarks' opening: whether the motion fields move the lips, apart from whether
+the picture shows it.
+
+``--layers-strip PNG`` writes, for training frames of increasing tracked opening, mouth crops of the truth, the
+render, the face layer alone and the mouth branch alone.
 
 This is a diagnostic of the renderer, the ceiling of everything driven through the code: it uses the training
 video's own tracked mouth at render time, so none of its figures is a lip-sync result.
@@ -25,6 +32,16 @@ from pathlib import Path
 import numpy as np
 
 
+def _moved_landmarks(template, face_deltas, viewmat, K, anchors) -> np.ndarray:
+    """[478, 2] pixels: the ``template`` [478, 3] landmarks moved by the face Gaussians ``anchors`` = ([478, k]
+    indices, [478, k] weights) around them, seen through ``viewmat`` [4, 4] and ``K`` [3, 3]."""
+    idx, weight = anchors
+    points = template + (face_deltas.d_means[0][idx] * weight[..., None]).sum(1)  # [478, 3]
+    cam = points @ viewmat[:3, :3].T + viewmat[:3, 3]
+    uv = cam @ K.T
+    return (uv[:, :2] / uv[:, 2:]).numpy()
+
+
 def fidelity(source: Path, train_frames: int) -> dict:
     import torch
 
@@ -39,15 +56,21 @@ def fidelity(source: Path, train_frames: int) -> dict:
     if head.cfg.drive != "code":
         raise SystemExit(f"{source}: not a code-path fit (head.drive: {head.cfg.drive})")
     codes = head.mouth_code.encode(ctx.subject.canonical_landmarks).to(ctx.device)  # [F, C]
+    template = torch.tensor(ctx.subject.template, dtype=torch.float32)  # [478, 3]
+    dist, idx = torch.cdist(template, head.face.params["means"].detach()).topk(8, largest=False)
+    weight = 1.0 / dist.clamp_min(1e-4)
+    anchors = (idx, weight / weight.sum(1, keepdim=True))
+    tracked = ctx.subject.landmarks[..., :2] * (ctx.resolution / ctx.subject.size)  # [F, 478, 2] at the fit's size
     train = np.asarray(ctx.train_indices)
     splits = {"train": train[np.linspace(0, len(train) - 1, min(train_frames, len(train))).astype(int)],
               "held_out": np.asarray(ctx.test_indices)}
     result = {}
     with torch.no_grad():
         for name, frames in splits.items():
-            rendered, truth, mouth_psnr = LandmarkTracker(), LandmarkTracker(), []
+            rendered, truth, mouth_psnr, moved = LandmarkTracker(), LandmarkTracker(), [], []
             for i in frames:
                 batch, out = render_frame(model, ctx, int(i), drive=codes)
+                moved.append(_moved_landmarks(template, out.face_deltas, batch.viewmat, batch.K, anchors))
                 image = out.image[0].clamp(0, 1)
                 mouth = (batch.labels == schema.Label.MOUTH) | (batch.labels == schema.Label.LIPS)
                 if mouth.any():
@@ -55,14 +78,57 @@ def fidelity(source: Path, train_frames: int) -> dict:
                 rendered.add(media.to_uint8(image))
                 truth.add(media.to_uint8(batch.image))
             r, t = mouth_opening(rendered.result()), mouth_opening(truth.result())
+            g, tr = mouth_opening(np.stack(moved)), mouth_opening(tracked[frames])
             ok = np.isfinite(r) & np.isfinite(t)
             pct = [5, 25, 50, 75, 95]
             result[name] = {
                 "frames": int(ok.sum()), "opening_corr": round(float(np.corrcoef(r[ok], t[ok])[0, 1]), 3),
                 "rendered_opening_pct": dict(zip(map(str, pct), np.round(np.percentile(r[ok], pct), 4).tolist())),
                 "real_opening_pct": dict(zip(map(str, pct), np.round(np.percentile(t[ok], pct), 4).tolist())),
-                "psnr_mouth": round(float(np.mean(mouth_psnr)), 2)}
+                "psnr_mouth": round(float(np.mean(mouth_psnr)), 2),
+                "geometric_opening_pct": dict(zip(map(str, pct), np.round(np.percentile(g, pct), 4).tolist())),
+                "tracked_opening_pct": dict(zip(map(str, pct), np.round(np.percentile(tr, pct), 4).tolist())),
+                "geometric_vs_tracked_corr": round(float(np.corrcoef(g, tr)[0, 1]), 3),
+                "rendered_vs_geometric_corr": round(float(np.corrcoef(r[ok], g[ok])[0, 1]), 3)}
     return result
+
+
+def layers_strip(source: Path, out: Path, openings=(0.005, 0.015, 0.025, 0.035, 0.05, 0.08)) -> None:
+    """Mouth crops (x4) of the training frames whose tracked opening is nearest each of ``openings``: truth |
+    render | face layer alone | mouth branch alone, each moved by the frame's own tracked code."""
+    import cv2
+    import torch
+
+    from talkgs.eval.evaluate import load_fitted
+    from talkgs.eval.landmark_metrics import mouth_opening
+    from talkgs.render.forward import render_frames
+    from talkgs.utils import media
+
+    model, ctx = load_fitted(source, "cpu")
+    head = model.head
+    codes = head.mouth_code.encode(ctx.subject.canonical_landmarks).to(ctx.device)
+    tracked = ctx.subject.landmarks[..., :2] * (ctx.resolution / ctx.subject.size)
+    opening = mouth_opening(tracked)
+    train = np.asarray(ctx.train_indices)
+    half = max(8, ctx.resolution // 10)
+    rows = []
+    with torch.no_grad():
+        for target in openings:
+            i = int(train[np.argmin(np.abs(opening[train] - target))])
+            batch, index = ctx.batch(i), torch.tensor([i])
+            images = [batch.image]
+            for face, mouth in ((True, True), (True, False), (False, True)):
+                images.append(render_frames(head, codes, index, ctx.expression[index], batch.viewmat[None], batch.K,
+                                            batch.under[None], face=face, mouth=mouth, face_motion=True,
+                                            mouth_motion=True, backend=model.backend).image[0])
+            cx, cy = tracked[i, [13, 14]].mean(0).round().astype(int)
+            crops = [media.to_uint8(im.clamp(0, 1))[max(cy - half, 0):cy + half, max(cx - 2 * half, 0):cx + 2 * half]
+                     for im in images]
+            row = cv2.resize(np.concatenate(crops, 1), None, fx=4, fy=4, interpolation=cv2.INTER_NEAREST)
+            cv2.putText(row, f"frame {i}, tracked opening {opening[i]:.3f}", (6, 22), cv2.FONT_HERSHEY_SIMPLEX, 0.6,
+                        (255, 255, 0), 2)
+            rows.append(row)
+    cv2.imwrite(str(out), cv2.cvtColor(np.concatenate(rows, 0), cv2.COLOR_RGB2BGR), [cv2.IMWRITE_JPEG_QUALITY, 85])
 
 
 def speech_chain(bench: Path, cache: Path) -> dict:
@@ -102,6 +168,7 @@ def main() -> None:
     p.add_argument("subjects", type=Path, nargs="*")
     p.add_argument("--train-frames", type=int, default=160)
     p.add_argument("--json", type=Path)
+    p.add_argument("--layers-strip", type=Path, help="image of the first subject's mouth layers (see above)")
     p.add_argument("--bench", type=Path, help="a bench_lip_sync.py JSON of a code-path fit (see above)")
     p.add_argument("--cache", type=Path, default=Path(__file__).resolve().parents[1] / "outputs" / "evidence")
     args = p.parse_args()
@@ -114,8 +181,13 @@ def main() -> None:
             ren, real = v["rendered_opening_pct"], v["real_opening_pct"]
             print(f"{source} {split}: opening corr {v['opening_corr']:.3f}, median opening {ren['50']} (real "
                   f"{real['50']}), 95th {ren['95']} (real {real['95']}), mouth PSNR {v['psnr_mouth']:.2f} dB")
+            print(f"  lips' geometric opening: median {v['geometric_opening_pct']['50']} (tracked "
+                  f"{v['tracked_opening_pct']['50']}), corr with tracked {v['geometric_vs_tracked_corr']:.3f}, "
+                  f"render vs geometric {v['rendered_vs_geometric_corr']:.3f}")
     if args.json:
         args.json.write_text(json.dumps(results, indent=1))
+    if args.layers_strip and args.subjects:
+        layers_strip(args.subjects[0], args.layers_strip)
 
 
 if __name__ == "__main__":

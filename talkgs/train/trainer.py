@@ -280,7 +280,7 @@ class Trainer:
                 if strategy:
                     strategy.step_post_backward(model.params, gauss_opts, state, step, info, packed=False)
                 if step % 10 == 0:
-                    bar.set_postfix(loss=f"{loss.item():.4f}", psnr=f"{logs['psnr_head']:.2f}",
+                    bar.set_postfix(loss=f"{loss.item():.4f}", psnr=f"{logs.get('psnr', float('nan')):.2f}",
                                     n=head.face.num_gaussians + head.mouth.num_gaussians)
                 done = step + 1
                 if done % self.cfg.val_every == 0 and done < cfg.iterations:
