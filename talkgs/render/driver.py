@@ -379,8 +379,8 @@ class TalkingRenderer:
                 rgba = cv2.resize(rgba, (size, size), interpolation=cv2.INTER_AREA if shrink else cv2.INTER_LINEAR)
             return rgba
 
-        # The layers are PNGs: decoding one is CPU work (about 5 ms at 512 px) that measured half a GPU
-        # frame's time on an H200 (docs/gpu.md). OpenCV releases the GIL, so a batch decodes on threads.
+        # The layers are PNGs: decoding one is CPU work (about 5 ms at 512 px) against a draw of 9 ms per
+        # frame on an H200 (docs/gpu.md). OpenCV releases the GIL, so a batch decodes on threads.
         if self._decoders is None:
             self._decoders = ThreadPoolExecutor(max_workers=max(1, min(self.cfg.batch, os.cpu_count() or 1)),
                                                 thread_name_prefix="talkgs-layers")
