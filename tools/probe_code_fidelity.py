@@ -12,6 +12,10 @@ nearest, inverse-distance weighted, as the landmark loss moves them) and project
 formula, against the tracked landmarks' opening: whether the motion fields move the lips, apart from whether
 the picture shows it.
 
+``--mouth-gain G [--mouth-gain-full-mm MM]`` is a counterfactual: the mouth branch's colour scaled by G (its SH
+coefficients edited so that the rendered RGB is G times the trained one), or by a gain that rises from G with the
+code's inner-lip gap to 1 at MM millimetres. It asks whether a darker interior lets MediaPipe read the openings.
+
 ``--layers-strip PNG`` writes, for training frames of increasing tracked opening, mouth crops of the truth, the
 render, the face layer alone and the mouth branch alone.
 
@@ -42,12 +46,13 @@ def _moved_landmarks(template, face_deltas, viewmat, K, anchors) -> np.ndarray:
     return (uv[:, :2] / uv[:, 2:]).numpy()
 
 
-def fidelity(source: Path, train_frames: int) -> dict:
+def fidelity(source: Path, train_frames: int, mouth_gain: float = 1.0, gain_full_mm: float | None = None) -> dict:
     import torch
 
     from talkgs.data import schema
     from talkgs.eval.evaluate import load_fitted, render_frame
     from talkgs.eval.landmark_metrics import LandmarkTracker, mouth_opening
+    from talkgs.model.gaussians import SH_C0
     from talkgs.model.losses import psnr
     from talkgs.utils import media
 
@@ -61,6 +66,16 @@ def fidelity(source: Path, train_frames: int) -> dict:
     weight = 1.0 / dist.clamp_min(1e-4)
     anchors = (idx, weight / weight.sum(1, keepdim=True))
     tracked = ctx.subject.landmarks[..., :2] * (ctx.resolution / ctx.subject.size)  # [F, 478, 2] at the fit's size
+    with torch.no_grad():
+        gap_mm = 1000 * head.mouth_code.opening(codes).numpy()  # [F] the code's inner-lip gap
+    sh0, shN = (head.mouth.params[k].detach().clone() for k in ("sh0", "shN"))
+
+    def shade(i: int) -> None:
+        """Scale the mouth branch's rendered colour for frame ``i`` (RGB = SH_C0 * sh0 + 0.5 + higher bands)."""
+        g = mouth_gain if gain_full_mm is None else float(np.clip(gap_mm[i] / gain_full_mm, mouth_gain, 1.0))
+        head.mouth.params["sh0"].data.copy_((g * (0.5 + SH_C0 * sh0) - 0.5) / SH_C0)
+        head.mouth.params["shN"].data.copy_(g * shN)
+
     train = np.asarray(ctx.train_indices)
     splits = {"train": train[np.linspace(0, len(train) - 1, min(train_frames, len(train))).astype(int)],
               "held_out": np.asarray(ctx.test_indices)}
@@ -69,6 +84,7 @@ def fidelity(source: Path, train_frames: int) -> dict:
         for name, frames in splits.items():
             rendered, truth, mouth_psnr, moved = LandmarkTracker(), LandmarkTracker(), [], []
             for i in frames:
+                shade(int(i))
                 batch, out = render_frame(model, ctx, int(i), drive=codes)
                 moved.append(_moved_landmarks(template, out.face_deltas, batch.viewmat, batch.K, anchors))
                 image = out.image[0].clamp(0, 1)
@@ -168,6 +184,8 @@ def main() -> None:
     p.add_argument("subjects", type=Path, nargs="*")
     p.add_argument("--train-frames", type=int, default=160)
     p.add_argument("--json", type=Path)
+    p.add_argument("--mouth-gain", type=float, default=1.0, help="counterfactual: the mouth branch's colour x G")
+    p.add_argument("--mouth-gain-full-mm", type=float, help="with --mouth-gain: G when closed, 1 from this gap on")
     p.add_argument("--layers-strip", type=Path, help="image of the first subject's mouth layers (see above)")
     p.add_argument("--bench", type=Path, help="a bench_lip_sync.py JSON of a code-path fit (see above)")
     p.add_argument("--cache", type=Path, default=Path(__file__).resolve().parents[1] / "outputs" / "evidence")
@@ -176,7 +194,7 @@ def main() -> None:
         speech_chain(args.bench, args.cache)
     results = {}
     for source in args.subjects:
-        results[str(source)] = r = fidelity(source, args.train_frames)
+        results[str(source)] = r = fidelity(source, args.train_frames, args.mouth_gain, args.mouth_gain_full_mm)
         for split, v in r.items():
             ren, real = v["rendered_opening_pct"], v["real_opening_pct"]
             print(f"{source} {split}: opening corr {v['opening_corr']:.3f}, median opening {ren['50']} (real "
