@@ -16,6 +16,10 @@ the picture shows it.
 coefficients edited so that the rendered RGB is G times the trained one), or by a gain that rises from G with the
 code's inner-lip gap to 1 at MM millimetres. It asks whether a darker interior lets MediaPipe read the openings.
 
+``--optimal-gain`` asks what the colour loss wants instead: per frame (300 training frames and the held-out ones),
+the gain of the mouth branch's colour that fits the real lips and mouth pixels best in least squares (the
+composite is linear in it), by the frame's tracked opening.
+
 ``--layers-strip PNG`` writes, for training frames of increasing tracked opening, mouth crops of the truth, the
 render, the face layer alone and the mouth branch alone.
 
@@ -109,6 +113,43 @@ def fidelity(source: Path, train_frames: int, mouth_gain: float = 1.0, gain_full
     return result
 
 
+def optimal_gain(source: Path) -> dict:
+    """Per tracked-opening bin: the median least-squares gain of the mouth branch's colour (see the docstring)."""
+    import torch
+
+    from talkgs.data import schema
+    from talkgs.eval.evaluate import load_fitted, render_frame
+    from talkgs.eval.landmark_metrics import mouth_opening
+
+    model, ctx = load_fitted(source, "cpu")
+    codes = model.head.mouth_code.encode(ctx.subject.canonical_landmarks).to(ctx.device)
+    opening = mouth_opening(ctx.subject.landmarks[..., :2] * (ctx.resolution / ctx.subject.size))
+    train = np.asarray(ctx.train_indices)
+    frames = np.concatenate([train[np.linspace(0, len(train) - 1, 300).astype(int)], np.asarray(ctx.test_indices)])
+    gains, opens = [], []
+    with torch.no_grad():
+        for i in frames:
+            batch, out = render_frame(model, ctx, int(i), drive=codes)
+            face, mouth = out.face[0], out.mouth[0]
+            # composite = fixed + g * scaled: the face over the mouth (colour x g) over the torso and background.
+            fixed = face.image + (1 - face.alpha) * (1 - mouth.alpha) * batch.under
+            scaled = (1 - face.alpha) * mouth.image
+            region = ((batch.labels == schema.Label.MOUTH) | (batch.labels == schema.Label.LIPS))[..., None].float()
+            energy = float((scaled * scaled * region).sum())
+            if energy > 1e-6:  # the mouth branch shows in this frame
+                gains.append(float(((batch.image - fixed) * scaled * region).sum()) / energy)
+                opens.append(float(opening[i]))
+    gains, opens = np.array(gains), np.array(opens)
+    bins = {}
+    for lo, hi in ((0, 0.005), (0.005, 0.015), (0.015, 0.03), (0.03, 0.05), (0.05, 0.08), (0.08, 1.0)):
+        m = (opens >= lo) & (opens < hi)
+        if m.any():
+            bins[f"{lo}-{hi}"] = {"frames": int(m.sum()), "median": round(float(np.median(gains[m])), 3),
+                                  "p25": round(float(np.percentile(gains[m], 25)), 3),
+                                  "p75": round(float(np.percentile(gains[m], 75)), 3)}
+    return {"frames": len(gains), "median": round(float(np.median(gains)), 3), "by_opening": bins}
+
+
 def layers_strip(source: Path, out: Path, openings=(0.005, 0.015, 0.025, 0.035, 0.05, 0.08)) -> None:
     """Mouth crops (x4) of the training frames whose tracked opening is nearest each of ``openings``: truth |
     render | face layer alone | mouth branch alone, each moved by the frame's own tracked code."""
@@ -186,6 +227,7 @@ def main() -> None:
     p.add_argument("--json", type=Path)
     p.add_argument("--mouth-gain", type=float, default=1.0, help="counterfactual: the mouth branch's colour x G")
     p.add_argument("--mouth-gain-full-mm", type=float, help="with --mouth-gain: G when closed, 1 from this gap on")
+    p.add_argument("--optimal-gain", action="store_true", help="the mouth colour gain the colour loss wants")
     p.add_argument("--layers-strip", type=Path, help="image of the first subject's mouth layers (see above)")
     p.add_argument("--bench", type=Path, help="a bench_lip_sync.py JSON of a code-path fit (see above)")
     p.add_argument("--cache", type=Path, default=Path(__file__).resolve().parents[1] / "outputs" / "evidence")
@@ -204,6 +246,9 @@ def main() -> None:
                   f"render vs geometric {v['rendered_vs_geometric_corr']:.3f}")
     if args.json:
         args.json.write_text(json.dumps(results, indent=1))
+    if args.optimal_gain:
+        for source in args.subjects:
+            print(f"{source}: optimal mouth colour gain {json.dumps(optimal_gain(source))}")
     if args.layers_strip and args.subjects:
         layers_strip(args.subjects[0], args.layers_strip)
 
