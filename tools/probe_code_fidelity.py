@@ -39,6 +39,30 @@ from pathlib import Path
 
 import numpy as np
 
+PERCENTILES = (5, 25, 50, 75, 95)
+
+
+def _percentiles(x: np.ndarray) -> dict[str, float]:
+    return dict(zip(map(str, PERCENTILES), np.round(np.percentile(x, PERCENTILES), 4).tolist()))
+
+
+def _mouth_region(labels):  # [H, W] labels -> [H, W, 1] float: the lips and the mouth interior
+    from talkgs.data import schema
+
+    return ((labels == schema.Label.MOUTH) | (labels == schema.Label.LIPS))[..., None].float()
+
+
+def load(source: Path):
+    """(model, frames, codes [F, C] tracked, tracked landmarks [F, 478, 2] at the fit's size) of a code-path fit."""
+    from talkgs.eval.evaluate import load_fitted
+
+    model, ctx = load_fitted(source, "cpu")
+    if model.head.cfg.drive != "code":
+        raise SystemExit(f"{source}: not a code-path fit (head.drive: {model.head.cfg.drive})")
+    codes = model.head.mouth_code.encode(ctx.subject.canonical_landmarks).to(ctx.device)
+    tracked = ctx.subject.landmarks[..., :2] * (ctx.resolution / ctx.subject.size)
+    return model, ctx, codes, tracked
+
 
 def _moved_landmarks(template, face_deltas, viewmat, K, anchors) -> np.ndarray:
     """[478, 2] pixels: the ``template`` [478, 3] landmarks moved by the face Gaussians ``anchors`` = ([478, k]
@@ -50,33 +74,26 @@ def _moved_landmarks(template, face_deltas, viewmat, K, anchors) -> np.ndarray:
     return (uv[:, :2] / uv[:, 2:]).numpy()
 
 
-def fidelity(source: Path, train_frames: int, mouth_gain: float = 1.0, gain_full_mm: float | None = None) -> dict:
+def fidelity(loaded, train_frames: int, mouth_gain: float = 1.0, gain_full_mm: float | None = None) -> dict:
     import torch
 
-    from talkgs.data import schema
-    from talkgs.eval.evaluate import load_fitted, render_frame
+    from talkgs.eval.evaluate import render_frame
     from talkgs.eval.landmark_metrics import LandmarkTracker, mouth_opening
     from talkgs.model.gaussians import SH_C0
     from talkgs.model.losses import psnr
+    from talkgs.train.stages import landmark_anchors
     from talkgs.utils import media
 
-    model, ctx = load_fitted(source, "cpu")
+    model, ctx, codes, tracked = loaded
     head = model.head
-    if head.cfg.drive != "code":
-        raise SystemExit(f"{source}: not a code-path fit (head.drive: {head.cfg.drive})")
-    codes = head.mouth_code.encode(ctx.subject.canonical_landmarks).to(ctx.device)  # [F, C]
     template = torch.tensor(ctx.subject.template, dtype=torch.float32)  # [478, 3]
-    dist, idx = torch.cdist(template, head.face.params["means"].detach()).topk(8, largest=False)
-    weight = 1.0 / dist.clamp_min(1e-4)
-    anchors = (idx, weight / weight.sum(1, keepdim=True))
-    tracked = ctx.subject.landmarks[..., :2] * (ctx.resolution / ctx.subject.size)  # [F, 478, 2] at the fit's size
+    anchors = landmark_anchors(template, head.face.params["means"].detach(), 8)  # as the landmark loss moves them
     with torch.no_grad():
         gap_mm = 1000 * head.mouth_code.opening(codes).numpy()  # [F] the code's inner-lip gap
     sh0, shN = (head.mouth.params[k].detach().clone() for k in ("sh0", "shN"))
 
-    def shade(i: int) -> None:
-        """Scale the mouth branch's rendered colour for frame ``i`` (RGB = SH_C0 * sh0 + 0.5 + higher bands)."""
-        g = mouth_gain if gain_full_mm is None else float(np.clip(gap_mm[i] / gain_full_mm, mouth_gain, 1.0))
+    def shade(g: float) -> None:
+        """Scale the mouth branch's rendered colour by ``g`` (RGB = SH_C0 * sh0 + 0.5 + higher bands)."""
         head.mouth.params["sh0"].data.copy_((g * (0.5 + SH_C0 * sh0) - 0.5) / SH_C0)
         head.mouth.params["shN"].data.copy_(g * shN)
 
@@ -88,42 +105,41 @@ def fidelity(source: Path, train_frames: int, mouth_gain: float = 1.0, gain_full
         for name, frames in splits.items():
             rendered, truth, mouth_psnr, moved = LandmarkTracker(), LandmarkTracker(), [], []
             for i in frames:
-                shade(int(i))
+                if mouth_gain != 1.0:  # the counterfactual; otherwise the colours stay exactly as fitted
+                    gain = mouth_gain if gain_full_mm is None else np.clip(gap_mm[i] / gain_full_mm, mouth_gain, 1)
+                    shade(float(gain))
                 batch, out = render_frame(model, ctx, int(i), drive=codes)
                 moved.append(_moved_landmarks(template, out.face_deltas, batch.viewmat, batch.K, anchors))
                 image = out.image[0].clamp(0, 1)
-                mouth = (batch.labels == schema.Label.MOUTH) | (batch.labels == schema.Label.LIPS)
+                mouth = _mouth_region(batch.labels)
                 if mouth.any():
-                    mouth_psnr.append(float(psnr(image, batch.image, mouth[..., None].float())))
+                    mouth_psnr.append(float(psnr(image, batch.image, mouth)))
                 rendered.add(media.to_uint8(image))
                 truth.add(media.to_uint8(batch.image))
             r, t = mouth_opening(rendered.result()), mouth_opening(truth.result())
             g, tr = mouth_opening(np.stack(moved)), mouth_opening(tracked[frames])
             ok = np.isfinite(r) & np.isfinite(t)
-            pct = [5, 25, 50, 75, 95]
             result[name] = {
                 "frames": int(ok.sum()), "opening_corr": round(float(np.corrcoef(r[ok], t[ok])[0, 1]), 3),
-                "rendered_opening_pct": dict(zip(map(str, pct), np.round(np.percentile(r[ok], pct), 4).tolist())),
-                "real_opening_pct": dict(zip(map(str, pct), np.round(np.percentile(t[ok], pct), 4).tolist())),
+                "rendered_opening_pct": _percentiles(r[ok]), "real_opening_pct": _percentiles(t[ok]),
                 "psnr_mouth": round(float(np.mean(mouth_psnr)), 2),
-                "geometric_opening_pct": dict(zip(map(str, pct), np.round(np.percentile(g, pct), 4).tolist())),
-                "tracked_opening_pct": dict(zip(map(str, pct), np.round(np.percentile(tr, pct), 4).tolist())),
+                "geometric_opening_pct": _percentiles(g), "tracked_opening_pct": _percentiles(tr),
                 "geometric_vs_tracked_corr": round(float(np.corrcoef(g, tr)[0, 1]), 3),
                 "rendered_vs_geometric_corr": round(float(np.corrcoef(r[ok], g[ok])[0, 1]), 3)}
+    for k, v in (("sh0", sh0), ("shN", shN)):  # exactly as fitted again, for the probes after this one
+        head.mouth.params[k].data.copy_(v)
     return result
 
 
-def optimal_gain(source: Path) -> dict:
+def optimal_gain(loaded) -> dict:
     """Per tracked-opening bin: the median least-squares gain of the mouth branch's colour (see the docstring)."""
     import torch
 
-    from talkgs.data import schema
-    from talkgs.eval.evaluate import load_fitted, render_frame
+    from talkgs.eval.evaluate import render_frame
     from talkgs.eval.landmark_metrics import mouth_opening
 
-    model, ctx = load_fitted(source, "cpu")
-    codes = model.head.mouth_code.encode(ctx.subject.canonical_landmarks).to(ctx.device)
-    opening = mouth_opening(ctx.subject.landmarks[..., :2] * (ctx.resolution / ctx.subject.size))
+    model, ctx, codes, tracked = loaded
+    opening = mouth_opening(tracked)
     train = np.asarray(ctx.train_indices)
     frames = np.concatenate([train[np.linspace(0, len(train) - 1, 300).astype(int)], np.asarray(ctx.test_indices)])
     gains, opens = [], []
@@ -134,7 +150,7 @@ def optimal_gain(source: Path) -> dict:
             # composite = fixed + g * scaled: the face over the mouth (colour x g) over the torso and background.
             fixed = face.image + (1 - face.alpha) * (1 - mouth.alpha) * batch.under
             scaled = (1 - face.alpha) * mouth.image
-            region = ((batch.labels == schema.Label.MOUTH) | (batch.labels == schema.Label.LIPS))[..., None].float()
+            region = _mouth_region(batch.labels)
             energy = float((scaled * scaled * region).sum())
             if energy > 1e-6:  # the mouth branch shows in this frame
                 gains.append(float(((batch.image - fixed) * scaled * region).sum()) / energy)
@@ -150,21 +166,18 @@ def optimal_gain(source: Path) -> dict:
     return {"frames": len(gains), "median": round(float(np.median(gains)), 3), "by_opening": bins}
 
 
-def layers_strip(source: Path, out: Path, openings=(0.005, 0.015, 0.025, 0.035, 0.05, 0.08)) -> None:
+def layers_strip(loaded, out: Path, openings=(0.005, 0.015, 0.025, 0.035, 0.05, 0.08)) -> None:
     """Mouth crops (x4) of the training frames whose tracked opening is nearest each of ``openings``: truth |
     render | face layer alone | mouth branch alone, each moved by the frame's own tracked code."""
     import cv2
     import torch
 
-    from talkgs.eval.evaluate import load_fitted
     from talkgs.eval.landmark_metrics import mouth_opening
     from talkgs.render.forward import render_frames
     from talkgs.utils import media
 
-    model, ctx = load_fitted(source, "cpu")
+    model, ctx, codes, tracked = loaded
     head = model.head
-    codes = head.mouth_code.encode(ctx.subject.canonical_landmarks).to(ctx.device)
-    tracked = ctx.subject.landmarks[..., :2] * (ctx.resolution / ctx.subject.size)
     opening = mouth_opening(tracked)
     train = np.asarray(ctx.train_indices)
     half = max(8, ctx.resolution // 10)
@@ -235,8 +248,9 @@ def main() -> None:
     if args.bench:
         speech_chain(args.bench, args.cache)
     results = {}
-    for source in args.subjects:
-        results[str(source)] = r = fidelity(source, args.train_frames, args.mouth_gain, args.mouth_gain_full_mm)
+    for k, source in enumerate(args.subjects):
+        loaded = load(source)
+        results[str(source)] = r = fidelity(loaded, args.train_frames, args.mouth_gain, args.mouth_gain_full_mm)
         for split, v in r.items():
             ren, real = v["rendered_opening_pct"], v["real_opening_pct"]
             print(f"{source} {split}: opening corr {v['opening_corr']:.3f}, median opening {ren['50']} (real "
@@ -244,14 +258,12 @@ def main() -> None:
             print(f"  lips' geometric opening: median {v['geometric_opening_pct']['50']} (tracked "
                   f"{v['tracked_opening_pct']['50']}), corr with tracked {v['geometric_vs_tracked_corr']:.3f}, "
                   f"render vs geometric {v['rendered_vs_geometric_corr']:.3f}")
+        if args.optimal_gain:
+            print(f"{source}: optimal mouth colour gain {json.dumps(optimal_gain(loaded))}")
+        if args.layers_strip and k == 0:
+            layers_strip(loaded, args.layers_strip)
     if args.json:
         args.json.write_text(json.dumps(results, indent=1))
-    if args.optimal_gain:
-        for source in args.subjects:
-            print(f"{source}: optimal mouth colour gain {json.dumps(optimal_gain(source))}")
-    if args.layers_strip and args.subjects:
-        layers_strip(args.subjects[0], args.layers_strip)
-
 
 if __name__ == "__main__":
     main()

@@ -26,6 +26,14 @@ LANDMARK_LOSS_IDS = list(dict.fromkeys(topo.LIPS_OUTER + topo.LIPS_INNER + topo.
                                        + topo.RIGHT_EYE))
 
 
+def landmark_anchors(points: torch.Tensor, means: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """([M, k] indices, [M, k] weights summing to 1): the ``k`` Gaussians (canonical ``means`` [N, 3]) nearest each
+    of ``points`` [M, 3], inverse-distance weighted; a point moves by their offsets' weighted sum."""
+    dist, idx = torch.cdist(points, means).topk(min(k, means.shape[0]), largest=False)  # [M, k]
+    w = 1.0 / dist.clamp_min(1e-4)
+    return idx, w / w.sum(1, keepdim=True)
+
+
 class Stage:
     """The static head: persistent Gaussians seen through the tracked cameras.
 
@@ -177,11 +185,9 @@ class Stage:
         """([M, k] indices, [M, k] weights): the face Gaussians nearest each loss landmark (the canonical
         means are fixed while the face field trains, so this is computed once per stage)."""
         if "_anchor_cache" not in self.__dict__:
-            means = self.head.face.params["means"].detach()
-            d = torch.cdist(self.ctx.template[LANDMARK_LOSS_IDS], means)  # [M, N]
-            dist, idx = d.topk(min(self.cfg.loss.landmark_neighbours, means.shape[0]), largest=False)
-            w = 1.0 / dist.clamp_min(1e-4)
-            self._anchor_cache = (idx, w / w.sum(1, keepdim=True))
+            self._anchor_cache = landmark_anchors(self.ctx.template[LANDMARK_LOSS_IDS],
+                                                  self.head.face.params["means"].detach(),
+                                                  self.cfg.loss.landmark_neighbours)
         return self._anchor_cache
 
     def _offsets(self, out: FrameOutput) -> torch.Tensor:
