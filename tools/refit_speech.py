@@ -22,14 +22,13 @@ from pathlib import Path
 
 
 def main() -> None:
-    import torch
     from bench_lip_sync import PRIOR_SPEAKERS, SPEAKER, SUBJECT_SPEAKER, drivers
 
     from talkgs.data.frames import SubjectFrames
     from talkgs.eval.drive_ref import evaluate_drive_ref
     from talkgs.eval.evaluate import evaluate, load_fitted
     from talkgs.model.mouth_code import SpeechToCode
-    from talkgs.train.trainer import speech_prior, speech_report
+    from talkgs.train.trainer import fit_speech, speech_prior, speech_report
 
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("subject", type=Path)
@@ -58,7 +57,7 @@ def main() -> None:
     model.header["head"]["code"].update(prior=args.prior, prior_weight=args.prior_weight)
     codes = head.mouth_code.encode(frames.subject.canonical_landmarks)
     prior = speech_prior(frames.subject, head)
-    head.speech.fit(frames.features.cpu(), codes, torch.as_tensor(frames.subject.train_indices), prior=prior)
+    fit_speech(head, frames.features.cpu(), frames.feature_columns, codes, frames.subject.train_indices, prior)
     model.save(args.out / "fit" / "model.safetensors")
     report_path = args.out / "fit" / "fit_report.json"
     report = json.loads(report_path.read_text())

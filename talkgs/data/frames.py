@@ -102,6 +102,8 @@ class SubjectFrames:
         self.test_indices = subject.test_indices
         expr = expression_track(subject, tuple(expression))
         self.expression = torch.tensor(expr, dtype=torch.float32, device=device)  # [F, E]
+        #: Each encoder's columns of the last dimension of ``features``.
+        self.feature_columns: dict[str, slice] = {}
         self.features = self._audio_features(tuple(encoders))  # [F, 2, D] or None
 
     def _audio_features(self, encoders: tuple[str, ...]) -> torch.Tensor | None:
@@ -116,6 +118,8 @@ class SubjectFrames:
         if not encoders:
             return None
         feats = [np.asarray(self.subject.audio_features(e), np.float32) for e in encoders]
+        starts = np.cumsum([0] + [f.shape[-1] for f in feats])
+        self.feature_columns = {e: slice(int(a), int(b)) for e, a, b in zip(encoders, starts, starts[1:])}
         return torch.tensor(np.concatenate(feats, axis=-1), device=self.device)
 
     def require_audio(self, what: str) -> torch.Tensor:

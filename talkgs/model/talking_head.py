@@ -250,5 +250,9 @@ class TalkingHead(nn.Module):
         head = cls(face, mouth, audio_dim, cfg)
         if "speech.train_codes" in tensors:  # as many as the fit kept
             head.speech.train_codes = tensors["speech.train_codes"].clone()
+            # A model fitted before the bilabial pull has neither: it loads without the pull.
+            tensors = {"speech.closed_codes": head.speech.closed_codes, "speech.bilabial_column": torch.tensor(-1),
+                       **tensors}
+            head.speech.closed_codes = tensors["speech.closed_codes"].clone()
         head.load_state_dict(tensors)
         return head

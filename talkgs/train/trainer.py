@@ -103,6 +103,17 @@ def speech_prior(subject: Subject, head: TalkingHead) -> list[tuple[torch.Tensor
     return [(torch.from_numpy(e), head.mouth_code.transfer_mouth(m)) for e, m in clips]
 
 
+def fit_speech(head: TalkingHead, features: torch.Tensor, columns: dict[str, slice], codes: torch.Tensor, train,
+               prior: list[tuple[torch.Tensor, torch.Tensor]] | None) -> None:
+    """Solve ``head``'s speech model from the evidence ``features`` [F, 2, D] (``columns``: each encoder's part of
+    D) of the ``train`` frames to their tracked ``codes`` [F, C], with ``prior`` (``speech_prior``)."""
+    visemes = columns.get("visemes")
+    with torch.no_grad():
+        opening = head.mouth_code.opening(codes)
+    head.speech.fit(features, codes, torch.as_tensor(train), prior=prior, opening=opening,
+                    visemes_column=None if visemes is None else visemes.start)
+
+
 @torch.no_grad()
 def speech_report(head: TalkingHead, features: torch.Tensor, codes: torch.Tensor, train, test) -> dict:
     """How well speech predicts the tracked mouth: correlation of the predicted and tracked inner-lip opening on
@@ -213,8 +224,8 @@ class Trainer:
             log.info(f"mouth code: {cfg.head.code.components} components keep {100 * kept:.1f} % of the lip and "
                      "jaw movement of the training frames")
             features = ctx.require_audio("the mouth code's speech model").cpu()
-            head.speech.fit(features, head.mouth_code.encode(canonical), torch.as_tensor(train),
-                            prior=speech_prior(self.subject, head))
+            fit_speech(head, features, ctx.feature_columns, head.mouth_code.encode(canonical), train,
+                       speech_prior(self.subject, head))
         return head
 
     def _checkpoint(self, stage_index: int, step: int, head: TalkingHead, optimizers, strategy_state,
