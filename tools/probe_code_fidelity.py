@@ -28,7 +28,9 @@ video's own tracked mouth at render time, so none of its figures is a lip-sync r
 
 ``--bench``: for a ``tools/bench_lip_sync.py`` result of a code-path fit, splits each speech-driven figure into its
 two links: the speech model's predicted opening against the driver's real mouth (before rendering; the driver's
-evidence from ``tools/probe_mouth_evidence.py``'s cache) and the rendered opening against that prediction.
+evidence from ``tools/probe_mouth_evidence.py``'s cache) and the rendered opening against that prediction, and
+gives the closure events (recall, precision) of the prediction and of the render. ``--speech-from FIT``: the
+prediction of another fit's speech model (e.g. one solved again by ``tools/refit_speech.py``) on the same clips.
 """
 
 from __future__ import annotations
@@ -40,6 +42,7 @@ from pathlib import Path
 import numpy as np
 
 PERCENTILES = (5, 25, 50, 75, 95)
+ROOT = Path(__file__).resolve().parents[1]
 
 
 def _percentiles(x: np.ndarray) -> dict[str, float]:
@@ -201,35 +204,52 @@ def layers_strip(loaded, out: Path, openings=(0.005, 0.015, 0.025, 0.035, 0.05, 
     cv2.imwrite(str(out), cv2.cvtColor(np.concatenate(rows, 0), cv2.COLOR_RGB2BGR), [cv2.IMWRITE_JPEG_QUALITY, 85])
 
 
-def speech_chain(bench: Path, cache: Path) -> dict:
-    """Per speech-driven clip of a bench_lip_sync result: (prediction vs real, render vs real, render vs prediction)."""
+def speech_chain(bench: Path, cache: Path, speech_from: Path | None = None) -> dict:
+    """Per speech-driven clip of a bench_lip_sync result: the aperture correlations and closure events (recall,
+    precision) of the speech model's predicted opening and of the render, each against the driver's real mouth."""
     import torch
     from bench_lip_sync import longest_clips
     from probe_mouth_evidence import _collect
 
-    from talkgs.eval.drive_ref import aperture_correlation
+    from talkgs.eval.drive_ref import DriveRefConfig, aperture_correlation, closure_events, match_events
     from talkgs.eval.evaluate import load_fitted
+    from talkgs.eval.lipsync import closure_threshold
 
     data = json.loads(bench.read_text())
     result = (data["results"] if "results" in data else data["code"]["results"])[0]  # session 7's file nests it
-    model, _ = load_fitted(result["fit"], "cpu")
+    fit = speech_from or Path(result["fit"])
+    if not fit.exists():  # the benchmarks of sessions 7-9 ran from tools/
+        fit = ROOT / "tools" / fit
+    model, _ = load_fitted(fit, "cpu")
     head = model.head
+    cfg = DriveRefConfig()
     clips = {c.stem: c for c in longest_clips().values()}
+
+    def closures(x: np.ndarray, ref: np.ndarray) -> list[float]:
+        found, truth = (closure_events(v, closure_threshold(v, cfg.lipsync)[0], cfg.closure_max_frames)
+                        for v in (x, ref))
+        return [round(v or 0.0, 2) for v in match_events(found, truth, cfg.event_tolerance)]
+
     out = {}
     for clip in result["drive"]["audio"]["clips"]:
         stem = Path(clip["video"]).stem
         data = _collect(clips[stem], cache)  # the cache holds each frame's evidence averaged over its two steps
-        evidence = torch.tensor(np.repeat(data["visemes"][:, None], 2, 1), dtype=torch.float32)
+        evidence = np.concatenate([data[e] for e in head.cfg.audio_encoders], -1)
+        evidence = torch.tensor(np.repeat(evidence[:, None], 2, 1), dtype=torch.float32)
         with torch.no_grad():
             predicted = head.mouth_code.opening(head.speech(evidence, torch.arange(len(evidence)))).numpy()
         rendered, real = (np.array([np.nan if v is None else v for v in clip[k]], float)
                           for k in ("rendered_opening", "reference_opening"))
         n = min(len(predicted), len(rendered), len(real))
-        out[stem] = {name: round(aperture_correlation(a[:n], b[:n], 5)[0], 3) for name, a, b in (
+        predicted, rendered, real = predicted[:n].astype(float), rendered[:n], real[:n]
+        out[stem] = {name: round(aperture_correlation(a, b, 5)[0], 3) for name, a, b in (
             ("predicted_vs_real", predicted, real), ("rendered_vs_real", rendered, real),
             ("rendered_vs_predicted", rendered, predicted))}
+        out[stem].update({"predicted_closures_recall_precision": closures(predicted, real),
+                          "rendered_closures_recall_precision": closures(rendered, real)})
         print(stem, out[stem], flush=True)
-    print("median", {k: round(float(np.median([v[k] for v in out.values()])), 3) for k in next(iter(out.values()))})
+    first = next(iter(out.values()))
+    print("median", {k: np.round(np.median([v[k] for v in out.values()], 0), 3).tolist() for k in first})
     return out
 
 
@@ -243,10 +263,11 @@ def main() -> None:
     p.add_argument("--optimal-gain", action="store_true", help="the mouth colour gain the colour loss wants")
     p.add_argument("--layers-strip", type=Path, help="image of the first subject's mouth layers (see above)")
     p.add_argument("--bench", type=Path, help="a bench_lip_sync.py JSON of a code-path fit (see above)")
-    p.add_argument("--cache", type=Path, default=Path(__file__).resolve().parents[1] / "outputs" / "evidence")
+    p.add_argument("--speech-from", type=Path, help="with --bench: another fit's speech model predicts")
+    p.add_argument("--cache", type=Path, default=ROOT / "outputs" / "evidence")
     args = p.parse_args()
     if args.bench:
-        speech_chain(args.bench, args.cache)
+        speech_chain(args.bench, args.cache, args.speech_from)
     results = {}
     for k, source in enumerate(args.subjects):
         loaded = load(source)

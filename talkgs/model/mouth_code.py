@@ -97,10 +97,12 @@ class MouthCodeConfig:
     """How far a frame whose ``visemes`` evidence says p, b or m moves onto the subject's closed mouth (the mean of
     the ``neighbours`` closed training codes nearest its prediction): 0 not at all, 1 onto it, times the evidence's
     weight in the frame. The lips meet for every p, b and m, but the regression, which averages the frames around
-    them, only leans toward closed. Scored before rendering on the anchor's speech model (docs/lip_sync.md, seventh
-    round): the predicted opening follows 6 other speakers' real mouths at a median 0.534 against 0.491 without
-    it, closure precision 0.31 against 0.27, the held-out frames at 0.634 against 0.609; the 20-s demo subject: 7
-    speakers 0.531 against 0.498, its 45 held-out frames 0.19 against 0.30. Needs the ``visemes`` encoder."""
+    them, only leans toward closed. On the anchor (docs/lip_sync.md, seventh round) the predicted opening follows 6
+    other speakers' real mouths at a median 0.534 against 0.489 without it and the held-out frames at 0.634
+    against 0.609; rendered, three fits' aperture correlation rises from 0.395 to 0.420 and their held-out
+    ``mouth_open_corr`` from 0.488 to 0.521. The 20-s demo subject's rendered aperture rises from 0.505 to 0.522
+    (all 6 speakers up); its own 45 held-out frames are followed worse (0.19 against 0.30 before rendering: their
+    one p/b/m falls where the tracked lips stay apart). Needs the ``visemes`` encoder."""
     bilabial_ramp: float = 0.5
     """The bilabial pull one frame before and after a p, b or m, relative to the pull on it: the lips close ahead
     of the release and part after it (at 25 fps a stop's closure often falls in the frame beside the aligned
