@@ -51,7 +51,8 @@ SUBJECT_SPEAKER = {"demo": "obama", "anchor": "anchor"}
 #: Speakers of the public-domain clips, which talkgs/data/mouth_prior.npz holds (``head.code.prior``).
 PRIOR_SPEAKERS = {SPEAKER[c] for c in SPEAKER if "_pd_" in c}
 #: Fit settings per drive path, over the cpu preset.
-PATH_OVERRIDES = {"audio": {}, "code": {"head": {"drive": "code", "audio_encoders": ["visemes", "cepstra"]}}}
+PATH_OVERRIDES = {"audio": {"head": {"drive": "audio", "audio_encoders": ["mel"]}},
+                  "code": {"head": {"drive": "code", "audio_encoders": ["visemes", "cepstra"]}}}
 
 
 def longest_clips() -> dict[str, Path]:

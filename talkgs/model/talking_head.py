@@ -34,17 +34,23 @@ DRIVES = ("audio", "code")
 
 @dataclass
 class HeadConfig:
-    drive: str = "audio"
-    """What moves the fields: "audio" (the audio nets, TalkingGaussian's direct path) or "code" (the
-    mouth code, from tracking while fitting and from ``SpeechToCode`` for new speech)."""
+    drive: str = "code"
+    """What moves the fields: "code" (the mouth code, from tracking while fitting and from ``SpeechToCode`` for
+    new speech) or "audio" (the audio nets, TalkingGaussian's direct path, learned end to end from the subject's
+    voice). The code path is the default since session 11: driven by six other speakers' real videos, the
+    anchor's mouth follows theirs at a median 0.42 against 0.28 on the direct path and the demo's at 0.52 against
+    0.25, and on the anchor's own held-out voice ``mouth_open_corr`` is 0.52 against 0.40 (docs/lip_sync.md). The
+    direct path follows the 20-s demo's own voice better (0.69 against 0.06 on its 45 held-out frames) and streams
+    with 11 frames of latency against 34."""
     code: MouthCodeConfig = field(default_factory=MouthCodeConfig)
     """The mouth code and its speech model (``drive = "code"`` only)."""
-    audio_encoders: tuple[str, ...] = ("mel",)
-    """Audio features of the subject folder fed to the audio nets, concatenated per step. Log-mel alone
-    predicts held-out mouth opening best of the encoders available without downloaded weights: the
-    phone one-hots of pocketsphinx are too often wrong on a short clip, and adding them cuts the
-    held-out correlation on the demo subject from 0.58 to 0.20 (tools/probe_audio.py). HuBERT, where
-    its weights exist, is the stronger choice."""
+    audio_encoders: tuple[str, ...] = ("visemes", "cepstra")
+    """Audio features of the subject folder, concatenated per step: the speech model's evidence on the code
+    path, the audio nets' input on the direct path. The code path reads pocketsphinx's visemes and the
+    speaker-normalised cepstra (docs/lip_sync.md, fifth round). For the direct path log-mel alone (``[mel]``)
+    predicts held-out mouth opening best of the encoders available without downloaded weights: the phone
+    one-hots are too often wrong on a short clip, and adding them cuts the held-out correlation on the demo
+    subject from 0.58 to 0.20 (tools/probe_audio.py). HuBERT, where its weights exist, is the stronger choice."""
     audio: AudioNetConfig = field(default_factory=AudioNetConfig)
     motion: MotionFieldConfig = field(default_factory=lambda: MotionFieldConfig(
         hashgrid=HashGridConfig(levels=8, log2_table=12, max_resolution=256)))
