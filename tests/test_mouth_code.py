@@ -327,6 +327,27 @@ def test_a_model_fitted_before_the_bilabial_pull_loads_without_it(fitted_code, t
     assert int(speech.bilabial_column) == -1 and len(speech.closed_codes) == 0
 
 
+def test_the_viewer_speaks_uploaded_speech_with_a_code_model(fitted_code):
+    """The default drive in the live preview: the subject's own clip and an uploaded recording, each frame the
+    renderer's for that audio time, and the uploaded speech moves the mouth."""
+    from talkgs.viewer.config import ViewerConfig
+    from talkgs.viewer.engine import FrameRequest, ViewerEngine
+
+    engine = ViewerEngine(fitted_code[0], ViewerConfig(port=0, device="cpu"))
+    r = engine.renderer
+    assert r.model.head.cfg.drive == "code"
+    clip = engine.add_clip("speech", media.read_audio(shared_file("audio/radio_en_8s.wav"))[: 4 * 16000])
+    assert clip.num_frames == 100
+    for clip_id, t in (("own", 0.5), (clip.id, 0.5), (clip.id, 2.0)):
+        image, index, _, _ = engine.render_image(FrameRequest(clip=clip_id, t=t))
+        with engine._lock, torch.no_grad():
+            r.track = engine._track("natural")
+            expected = r.render_batch(engine.clip(clip_id).features, np.array([index]))[0]
+        assert index == int(t * 25) and np.abs(image.astype(int) - expected.astype(int)).max() <= 1
+    codes = r.model.head.speech(clip.features, torch.arange(clip.num_frames))
+    assert float(r.model.head.mouth_code.opening(codes).std()) > 0.001  # the speech opens and closes the mouth
+
+
 def test_stream_of_a_code_model_stays_close_to_offline(fitted_code):
     """A stream cannot wait for word recognition over the whole clip: it decodes phones alone (all-phone)
     over a sliding second of audio, so its mouth differs from the offline render's on some frames. The
