@@ -139,6 +139,17 @@ def test_torso_layer_and_background(demo_subject):
     alpha = layer[..., 3] > 0
     assert np.array_equal(alpha, np.isin(labels, schema.TORSO_LABELS))
     assert np.array_equal(layer[alpha, :3], frame[alpha])
+    # Continued under the head: head pixels just above the neck take the neck's top colour, nothing else changes.
+    extended = torso_layer(frame, labels, neck_extension=0.06)
+    grown = (extended[..., 3] > 0) & ~alpha
+    reach = round(0.06 * labels.shape[0])
+    assert grown.sum() > reach * 10 and np.isin(labels[grown], schema.HEAD_LABELS).all()
+    neck = labels == Label.NECK
+    top = np.argmax(neck, axis=0)
+    ys, xs = np.nonzero(grown)
+    assert np.all((ys < top[xs]) & (ys >= top[xs] - reach))
+    assert np.array_equal(extended[ys, xs, :3], frame[top[xs], xs])
+    assert np.array_equal(extended[alpha], layer[alpha])
     # The plate matches the frame where the frame shows background.
     bg = labels == Label.BACKGROUND
     diff = np.abs(s.background.astype(int) - frame.astype(int))[bg].mean()

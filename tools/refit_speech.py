@@ -48,7 +48,8 @@ def main() -> None:
     if args.encoders:
         encoders = tuple(args.encoders.split(","))
         head.cfg.audio_encoders = encoders
-        frames = SubjectFrames(frames.subject, model.resolution, frames.device, encoders, tuple(head.cfg.expression))
+        frames = SubjectFrames(frames.subject, model.resolution, frames.device, encoders, tuple(head.cfg.expression),
+                               model.neck_extension)
         head.speech = SpeechToCode(frames.features.shape[-1], head.cfg.code)
         model.header["head"]["audio_encoders"] = list(encoders)
         model.header["audio_dim"] = int(frames.features.shape[-1])

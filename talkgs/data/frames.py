@@ -14,7 +14,7 @@ import torch
 
 from talkgs.data import schema
 from talkgs.data.cache import FrameCache, open_cache
-from talkgs.data.subject import Subject
+from talkgs.data.subject import Subject, torso_layer
 from talkgs.errors import TalkgsError
 from talkgs.utils.camera import scale_intrinsics
 
@@ -53,16 +53,6 @@ def label_mask(labels: torch.Tensor, table: torch.Tensor) -> torch.Tensor:  # [H
     return table[labels.long()]
 
 
-def torso_under(
-    image: torch.Tensor,  # [H, W, 3] a video frame in [0, 1]
-    labels: torch.Tensor,  # [H, W] its label ids
-    background: torch.Tensor,  # [H, W, 3]
-    torso_table: torch.Tensor,  # [256] the label ids kept from the frame (``label_table(schema.TORSO_LABELS)``)
-) -> torch.Tensor:  # [H, W, 3]
-    """What lies under the head: the frame's torso and neck pixels over ``background``."""
-    return torch.where(label_mask(labels, torso_table)[..., None], image, background)
-
-
 def expression_track(subject: Subject, channels: tuple[str, ...]) -> np.ndarray:
     """[F, E] the subject's per-frame values of the expression ``channels`` (``schema.EXPRESSION_CHANNELS``)."""
     unknown = [c for c in channels if c not in schema.EXPRESSION_CHANNELS]
@@ -84,10 +74,12 @@ class SubjectFrames:
         device: where the tensors live.
         encoders: audio encoders whose features are concatenated into ``features``.
         expression: the expression channels of ``expression``.
+        neck_extension: how far each batch's torso layer continues the neck under the head
+            (``data.subject.torso_layer``; ``FitConfig.neck_extension``).
     """
 
     def __init__(self, subject: Subject, resolution: int, device: torch.device, encoders: tuple[str, ...] = (),
-                 expression: tuple[str, ...] = ()):
+                 expression: tuple[str, ...] = (), neck_extension: float = 0.0):
         self.subject = subject
         self.device = device
         self.resolution = resolution
@@ -97,7 +89,7 @@ class SubjectFrames:
         self.w2c = torch.tensor(subject.w2c, dtype=torch.float32, device=device)  # [F, 4, 4]
         plate = cv2.resize(subject.background, (resolution, resolution), interpolation=cv2.INTER_AREA)
         self.background = torch.tensor(plate, dtype=torch.float32, device=device) / 255.0  # [R, R, 3]
-        self._torso_labels = label_table(schema.TORSO_LABELS, device)
+        self.neck_extension = neck_extension
         self.train_indices = subject.train_indices
         self.test_indices = subject.test_indices
         expr = expression_track(subject, tuple(expression))
@@ -129,8 +121,10 @@ class SubjectFrames:
         return self.features
 
     def batch(self, index: int) -> Batch:
-        frame = torch.from_numpy(np.array(self.cache.frames[index])).to(self.device)
-        labels = torch.from_numpy(np.array(self.cache.labels[index])).to(self.device)
-        image = frame.float() / 255.0
-        under = torso_under(image, labels, self.background, self._torso_labels)
-        return Batch(index, image, labels, under, self.w2c[index], self.K)
+        frame, labels = np.array(self.cache.frames[index]), np.array(self.cache.labels[index])
+        # The torso layer a fitted model stores for this frame, composited as its renderer composites it, so
+        # that a replayed frame renders exactly as it trained.
+        layer = torch.from_numpy(torso_layer(frame, labels, self.neck_extension)).to(self.device).float() / 255.0
+        under = layer[..., :3] + (1 - layer[..., 3:]) * self.background
+        image = torch.from_numpy(frame).to(self.device).float() / 255.0
+        return Batch(index, image, torch.from_numpy(labels).to(self.device), under, self.w2c[index], self.K)

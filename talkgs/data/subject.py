@@ -164,11 +164,16 @@ class Subject:
         return media.read_labels(self.root / schema.LABELS_VIDEO, (self.size, self.size), start_frame=start)
 
 
-def torso_layer(frame: np.ndarray, labels: np.ndarray) -> np.ndarray:
+def torso_layer(frame: np.ndarray, labels: np.ndarray, neck_extension: float = 0.0) -> np.ndarray:
     """The torso/neck layer of one frame, for compositing under the head: uint8 [S, S, 4] RGBA.
 
-    It is the frame's own torso and neck pixels (alpha 255) and nothing else, derived on demand
-    from frames.mp4 and labels.mkv rather than stored a second time.
+    It is the frame's own torso and neck pixels (alpha 255), derived on demand from frames.mp4 and
+    labels.mkv rather than stored a second time. ``neck_extension`` > 0 continues the neck up under the head
+    for that fraction of S: each column's head pixels that far above its top neck pixel take that pixel's
+    colour. A render of new speech lays its own jaw over a replayed frame's torso; where the new chin sits
+    higher than the replayed one, it then uncovers neck skin instead of the background plate (a seam of
+    background colour under the chin, seen on the demo). The head covers those pixels wherever it lies as
+    in the replayed frame.
     """
     if frame.shape[:2] != labels.shape or frame.shape[-1] != 3:
         raise ValueError(f"frame [S, S, 3] and labels [S, S] expected, got {frame.shape} and {labels.shape}")
@@ -176,4 +181,14 @@ def torso_layer(frame: np.ndarray, labels: np.ndarray) -> np.ndarray:
     rgba = np.zeros((*labels.shape, 4), np.uint8)
     rgba[alpha, :3] = frame[alpha]
     rgba[alpha, 3] = 255
+    reach = int(round(neck_extension * labels.shape[0]))
+    neck = labels == schema.Label.NECK
+    if reach > 0 and neck.any():
+        top = np.argmax(neck, axis=0)  # [S] first neck row of each column
+        rows = np.arange(labels.shape[0])[:, None]  # [S, 1]
+        under = (neck.any(0)[None] & (rows < top[None]) & (rows >= top[None] - reach)
+                 & np.isin(labels, schema.HEAD_LABELS))  # [S, S]
+        ys, xs = np.nonzero(under)
+        rgba[ys, xs, :3] = frame[top[xs], xs]
+        rgba[ys, xs, 3] = 255
     return rgba

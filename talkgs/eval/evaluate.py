@@ -33,7 +33,8 @@ def load_fitted(subject_dir: str | Path, device: str | None = None) -> tuple[Fit
     model = load_model(subject.root)
     dev = pick_device(device or model.header["device"])
     model.head.to(dev)
-    frames = SubjectFrames(subject, model.resolution, dev, model.encoders, tuple(model.head.cfg.expression))
+    frames = SubjectFrames(subject, model.resolution, dev, model.encoders, tuple(model.head.cfg.expression),
+                           model.neck_extension)
     return model, frames
 
 

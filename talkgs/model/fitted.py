@@ -116,6 +116,12 @@ class FittedModel:
         return int(self.header["layer_size"])
 
     @property
+    def neck_extension(self) -> float:
+        """How far the torso layers continue the neck under the head (``FitConfig.neck_extension``); 0 for
+        models written before it existed."""
+        return float(self.header.get("neck_extension", 0.0))
+
+    @property
     def K(self) -> np.ndarray:
         """[3, 3] intrinsics at ``layer_size``."""
         return np.array(self.header["K"], np.float64)
@@ -236,7 +242,8 @@ def load_model(source: str | os.PathLike, device: str | torch.device = "cpu") ->
 
 
 def header_for(head: TalkingHead, *, audio_dim: int, fps: float, resolution: int, layer_size: int, K: np.ndarray,
-               audio: dict, backend: str, device: str, source: str, draws: dict[str, bool]) -> dict:
+               audio: dict, backend: str, device: str, source: str, draws: dict[str, bool],
+               neck_extension: float = 0.0) -> dict:
     """The JSON header of a fitted model (every field the forward pass and the driver read)."""
     from talkgs import __version__
 
@@ -244,6 +251,6 @@ def header_for(head: TalkingHead, *, audio_dim: int, fps: float, resolution: int
         "format_version": MODEL_FORMAT_VERSION, "talkgs_version": __version__, "source": source,
         "head": to_dict(head.cfg), "audio_dim": int(audio_dim), "audio": audio, "fps": float(fps),
         "resolution": int(resolution), "layer_size": int(layer_size), "K": np.asarray(K, np.float64).tolist(),
-        "backend": backend, "device": device, "draws": dict(draws),
+        "backend": backend, "device": device, "draws": dict(draws), "neck_extension": float(neck_extension),
         "gaussians": head.face.num_gaussians, "mouth_gaussians": head.mouth.num_gaussians,
     }

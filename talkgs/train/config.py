@@ -134,6 +134,11 @@ class FitConfig:
     """Frames of the replay run (the longest cut-free stretch of training frames) whose torso layers the
     fitted model keeps, for ``talkgs render --pose replay``: 30 s at 25 fps; a longer run keeps its middle.
     Each costs a lossless PNG in fit/model.safetensors (about 10 kB at 128 px)."""
+    neck_extension: float = 0.06
+    """The fitted model's torso layers continue the neck up under the head for this fraction of their side
+    (``data.subject.torso_layer``): a jaw that new speech closes higher than in the replayed frame uncovers neck
+    skin rather than the background. 0.06 is 15 px at 256, about the chin's travel from a closed to a wide-open
+    mouth."""
     model_layer_size: int | None = None
     """Side in pixels of the background plate and torso layers stored in the fitted model; None: the
     training resolution. Larger keeps them sharp when rendering larger than the fit (``--size``)."""

@@ -16,7 +16,7 @@ class FitContext(SubjectFrames):
 
     def __init__(self, subject: Subject, cfg: FitConfig):
         super().__init__(subject, cfg.resolution, pick_device(cfg.device), tuple(cfg.head.audio_encoders),
-                         tuple(cfg.head.expression))
+                         tuple(cfg.head.expression), cfg.neck_extension)
         self.cfg = cfg
         # Scene scale for learning rates and densification thresholds: the camera's distance.
         self.scene_scale = float(np.median(np.linalg.norm(subject.w2c[:, :3, 3], axis=-1)))

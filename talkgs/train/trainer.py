@@ -65,7 +65,8 @@ def fitted_model(subject: Subject, cfg: FitConfig, frames: SubjectFrames, head: 
     if len(run) > cfg.replay_frames:  # the middle of a long run
         start = (len(run) - cfg.replay_frames) // 2
         run = run[start:start + cfg.replay_frames]
-    torso = {int(i): encode_layer(torso_layer(np.array(cache.frames[i]), np.array(cache.labels[i]))) for i in run}
+    torso = {int(i): encode_layer(torso_layer(np.array(cache.frames[i]), np.array(cache.labels[i]), cfg.neck_extension))
+             for i in run}
     plate = cv2.resize(subject.background, (size, size), interpolation=cv2.INTER_AREA)
     expression = expression_track(subject, tuple(cfg.head.expression)).astype(np.float32).astype(np.float64)
     train = subject.train_indices
@@ -76,7 +77,8 @@ def fitted_model(subject: Subject, cfg: FitConfig, frames: SubjectFrames, head: 
     header = header_for(head, audio_dim=audio_dim, fps=subject.fps, resolution=cfg.resolution, layer_size=size,
                         K=scale_intrinsics(subject.K, size / subject.size),
                         audio=subject.meta.get("config", {}).get("audio", {}), backend=cfg.backend, device=cfg.device,
-                        source=subject.root.resolve().name, draws=STAGES[cfg.stages[-1].name].draws())
+                        source=subject.root.resolve().name, draws=STAGES[cfg.stages[-1].name].draws(),
+                        neck_extension=cfg.neck_extension)
     return FittedModel(head, header, replay, encode_layer(plate), torso)
 
 
