@@ -14,7 +14,7 @@ import torch
 
 from talkgs.data import schema
 from talkgs.data.cache import FrameCache, open_cache
-from talkgs.data.subject import Subject, torso_layer
+from talkgs.data.subject import Subject, label_lookup, torso_layer
 from talkgs.errors import TalkgsError
 from talkgs.utils.camera import scale_intrinsics
 
@@ -41,10 +41,8 @@ class Batch:
 
 
 def label_table(ids, device: torch.device | str | None = None) -> torch.Tensor:  # [256] bool
-    """A lookup table of the label ids ``ids`` for ``label_mask``."""
-    table = torch.zeros(256, dtype=torch.bool, device=device)
-    table[torch.as_tensor([int(i) for i in ids], dtype=torch.long, device=device)] = True
-    return table
+    """A lookup table of the label ids ``ids`` for ``label_mask`` (``subject.label_lookup`` on ``device``)."""
+    return torch.from_numpy(label_lookup(ids)).to(device)
 
 
 def label_mask(labels: torch.Tensor, table: torch.Tensor) -> torch.Tensor:  # [H, W] uint8 -> [H, W] bool
