@@ -389,7 +389,15 @@ def test_local_error_check_finds_a_stray_spot(fitted_code):
     shifted = torch.roll(still, 1, dims=1)
     assert local_excess(shifted, still, batch.image, batch.labels) < LOCAL_EXCESS_MAX / 2
     assert local_excess(moving, still, batch.image, batch.labels) < LOCAL_EXCESS_MAX
+    # The check scales with the frame: the real frame enlarged to 512 px and moved by 2 px costs nothing, as 1 px
+    # does at 256 (a fixed 1-px tolerance would count it), and the spot, enlarged too, is still found.
+    def enlarged(side: int, *images: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        f = side // moving.shape[0]
+        return tuple(x.repeat_interleave(f, 0).repeat_interleave(f, 1) for x in images)
 
+    truth, labels = enlarged(512, batch.image, batch.labels)
+    assert local_excess(torch.roll(truth, 2, dims=1), truth, truth, labels) < 1e-6
+    assert local_excess(*enlarged(512, spotted, still, batch.image, batch.labels)) > LOCAL_EXCESS_MAX
 
 
 
