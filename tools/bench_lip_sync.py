@@ -76,8 +76,9 @@ def drivers(subject: str, exclude: set[str] | frozenset[str] = frozenset()) -> l
             if speaker != SUBJECT_SPEAKER[subject] and speaker not in exclude]
 
 
-def fitted_subject(subject: str, path: str, work: Path, seed: int) -> tuple[Path, dict]:
-    """WORK/<subject>_<path>[_s<seed>], prepared and fitted with the cpu preset (reused when fitted)."""
+def fitted_subject(subject: str, path: str, work: Path, seed: int, size: int | None = None) -> tuple[Path, dict]:
+    """WORK/<subject>_<path>[_s<seed>], prepared and fitted with the cpu preset (reused when fitted); ``size``
+    replaces the preset's subject side and training resolution."""
     from talkgs.data import schema
     from talkgs.prepare.config import PrepareConfig
     from talkgs.prepare.pipeline import prepare
@@ -85,9 +86,10 @@ def fitted_subject(subject: str, path: str, work: Path, seed: int) -> tuple[Path
     from talkgs.train.trainer import Trainer
     from talkgs.utils.config import load_section, merge
 
+    sized = {} if size is None else {"video": {"size": size}}
     prepared = work / f"{subject}_prepared"
     if not (prepared / schema.MANIFEST).is_file():
-        prepare(SUBJECTS[subject], prepared, load_section(PrepareConfig, "cpu", "prepare"), force=True)
+        prepare(SUBJECTS[subject], prepared, merge(load_section(PrepareConfig, "cpu", "prepare"), sized), force=True)
     root = work / (f"{subject}_{path}" + ("" if seed == 0 else f"_s{seed}"))
     if not (root / schema.MODEL).is_file():
         # An interrupted benchmark fit continues where it stopped (the stages' times survive in its report).
@@ -95,7 +97,8 @@ def fitted_subject(subject: str, path: str, work: Path, seed: int) -> tuple[Path
         if not resume:
             shutil.rmtree(root, ignore_errors=True)
             shutil.copytree(prepared, root, ignore=shutil.ignore_patterns("fit", "preview"))
-        cfg = merge(load_section(FitConfig, "cpu", "fit"), {**PATH_OVERRIDES[path], "seed": seed})
+        cfg = merge(load_section(FitConfig, "cpu", "fit"),
+                    {**PATH_OVERRIDES[path], "seed": seed, **({} if size is None else {"resolution": size})})
         Trainer(root, cfg, resume=resume, force=not resume).run()
     return root, json.loads((root / schema.FIT_REPORT).read_text())
 
@@ -162,18 +165,20 @@ def _summary(rows: list[dict], key: str) -> float | None:
     return round(float(np.median(values)), 3) if values else None
 
 
-def run_one(subject: str, path: str, work: Path, seed: int, strip_driver: str | None = None) -> dict:
+def run_one(subject: str, path: str, work: Path, seed: int, strip_driver: str | None = None,
+            size: int | None = None) -> dict:
     from talkgs.eval.drive_ref import evaluate_drive_ref
     from talkgs.eval.evaluate import evaluate
     from talkgs.model.fitted import load_model
 
-    root, fit_report = fitted_subject(subject, path, work, seed)
+    root, fit_report = fitted_subject(subject, path, work, seed, size)
+    images = f"lip_sync_{subject}_{path}" + ("" if size is None else f"_{size}")
     head = load_model(root).head.cfg
     # A speech model that learned from the prior's clips has heard those speakers: they do not drive it.
     left_out = PRIOR_SPEAKERS if head.drive == "code" and head.code.prior else frozenset()
     held_out = evaluate(root, root / "bench_eval.json", root / "bench_eval.mp4")
     if seed == 0:
-        contact_sheet(root / "bench_eval.mp4", ROOT / "docs" / "images" / f"lip_sync_{subject}_{path}_held_out.jpg")
+        contact_sheet(root / "bench_eval.mp4", ROOT / "docs" / "images" / f"{images}_held_out.jpg")
     result: dict = {"subject": subject, "path": path, "seed": seed, "fit": str(root),
                     "fit_seconds": round(sum(s.get("seconds", 0.0) for s in fit_report["stages"].values())),
                     "held_out": held_out, "mouth_code": fit_report.get("mouth_code"),
@@ -188,7 +193,7 @@ def run_one(subject: str, path: str, work: Path, seed: int, strip_driver: str | 
                   f"{r['closure_precision']}", flush=True)
         if mode == "audio" and strip_driver:
             mouth_strip(root, SHARED / f"{strip_driver}.mp4",
-                        ROOT / "docs" / "images" / f"lip_sync_{subject}_{path}_strip.png")
+                        ROOT / "docs" / "images" / f"{images}_strip.png")
         result["drive"][mode] = {
             "clips": rows,
             "median": {k: _summary(rows, k) for k in ("aperture_corr", "lag_frames", "closure_recall",
@@ -228,6 +233,8 @@ def main() -> None:
     ap.add_argument("--seeds", default="0", help="comma-separated fit seeds (stability: 0,1,2)")
     ap.add_argument("--work", type=Path, default=ROOT / "outputs" / "bench")
     ap.add_argument("--out", type=Path, default=ROOT / "docs" / "benchmarks" / "lip_sync.json")
+    ap.add_argument("--size", type=int, default=None,
+                    help="subject side and training resolution instead of the cpu preset's 256 px")
     ap.add_argument("--strip-driver", default="noem_en_18s_256", help="clip stem of the mouth strip ('' for none)")
     args = ap.parse_args()
     if not SHARED.is_dir():
@@ -237,11 +244,13 @@ def main() -> None:
     for subject in args.subjects.split(","):
         for path in args.paths.split(","):
             for seed in (int(s) for s in args.seeds.split(",")):
-                results.append(run_one(subject, path, args.work, seed, args.strip_driver if seed == 0 else None))
+                results.append(run_one(subject, path, args.work, seed, args.strip_driver if seed == 0 else None,
+                                       args.size))
                 args.out.parent.mkdir(parents=True, exist_ok=True)
                 args.out.write_text(json.dumps({"command": "python tools/bench_lip_sync.py " + " ".join(
                     f"--{k} {v}" for k, v in (("subjects", args.subjects), ("paths", args.paths),
-                                               ("seeds", args.seeds))), "results": results}, indent=1))
+                                               ("seeds", args.seeds), ("size", args.size)) if v is not None),
+                    "results": results}, indent=1))
     print(table(results))
 
 
