@@ -13,7 +13,7 @@ import pytest
 import torch
 
 from talkgs.cli.main import main
-from talkgs.data import schema
+from talkgs.data import Subject, schema
 from talkgs.errors import TalkgsError
 from talkgs.model import GaussianModel, load_ply
 from talkgs.model.fitted import load_model
@@ -36,7 +36,6 @@ def fitted_face(root) -> GaussianModel:
 def fitted_stage(root, name: str | None = None):
     """(context, stage ``name`` (default: the run's last) over the fitted model's head), built through
     their real constructors from the run's saved config."""
-    from talkgs.data import Subject
     from talkgs.train.context import FitContext
     from talkgs.train.stages import STAGES
 
@@ -125,6 +124,13 @@ def test_refusals(subject):
         Trainer(subject, tiny_fit(seed=1), resume=True)
 
 
+def test_a_fit_never_trains_above_the_subjects_size(subject):
+    """A preset's resolution is a ceiling: a 128-px subject fits at 128 px, and the saved config says so."""
+    trainer = Trainer(subject, tiny_fit(resolution=512))
+    assert trainer.cfg.resolution == Subject(subject).size == 128
+    assert from_dict(FitConfig, load_yaml(subject / schema.FIT_CONFIG)).resolution == 128
+
+
 def test_cli_fit_and_export(subject, tmp_path, capsys):
     assert main(["--quiet", "fit", str(subject), "--config", "tiny", "--stage", "static", "--iterations", "20"]) == 0
     report = json.loads((subject / schema.FIT_REPORT).read_text())
@@ -152,7 +158,6 @@ def test_presets_have_fit_sections():
 
 
 def test_initial_points_lie_on_the_head(demo_subject):
-    from talkgs.data import Subject
     from talkgs.model.init_head import head_ellipsoid, initial_points
     from talkgs.train.config import InitConfig
 
@@ -192,7 +197,6 @@ def test_eval_report_and_side_by_side_video(fitted, tmp_path, capsys):
 
 
 def test_landmark_metrics_on_real_frames(demo_subject):
-    from talkgs.data import Subject
     from talkgs.eval.landmark_metrics import landmark_metrics, track_landmarks
 
     s = Subject(demo_subject[0])
@@ -237,7 +241,6 @@ def _random_head(ctx, fit):
 
 
 def test_incremental_sampling_moves_through_mouth_then_eyes(demo_subject, tmp_path):
-    from talkgs.data import Subject
     from talkgs.train.context import FitContext
     from talkgs.train.stages import FaceStage
 
@@ -261,7 +264,6 @@ def test_incremental_sampling_moves_through_mouth_then_eyes(demo_subject, tmp_pa
 def test_open_sampling_draws_the_frames_where_the_mouth_interior_shows(demo_subject):
     """The mouth stage's "open" sampler draws frames in proportion to their tracked opening: the interior it
     trains on shows in them, and a closed mouth still comes up now and then."""
-    from talkgs.data import Subject
     from talkgs.train.context import FitContext
     from talkgs.train.stages import MouthStage
 
@@ -283,7 +285,6 @@ def test_open_sampling_draws_the_frames_where_the_mouth_interior_shows(demo_subj
 
 
 def test_render_test_split(fitted, tmp_path, capsys):
-    from talkgs.data import Subject
 
     root, _ = fitted
     out = tmp_path / "held_out.mp4"

@@ -8,6 +8,7 @@ generators), so ``--resume`` continues an interrupted run exactly where it stopp
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 import time
@@ -137,6 +138,11 @@ class Trainer:
     def __init__(self, subject_dir: str | Path, cfg: FitConfig, resume: bool = False, force: bool = False):
         self.subject = Subject(subject_dir)
         self.root = self.subject.root
+        if cfg.resolution > self.subject.size:
+            # Training above the subject's own size would fit Gaussians to interpolated pixels at four times the
+            # cost; the saved config says what ran, so eval, render and view rebuild the same fit.
+            log.info(f"training at the subject's own {self.subject.size} px, not {cfg.resolution} px")
+            cfg = dataclasses.replace(cfg, resolution=self.subject.size)
         self.cfg = cfg
         self.resume = resume
         fit = self.root / schema.FIT_DIR
