@@ -104,9 +104,11 @@ class StageConfig:
 @dataclass
 class FitConfig:
     resolution: int = 256
-    """Training image side in pixels; frames are downscaled from the subject's own size. 256 px is the CPU
-    default since the compiled CPU kernels (a 2-core fit of the demo clip: 10.7 min, docs/cpu.md); at 128 px
-    the lips are 3-4 pixels tall."""
+    """Training image side in pixels; frames are downscaled from the subject's own size, never enlarged (a smaller
+    subject trains at its own size). 256 px is the CPU default since the compiled CPU kernels (a 2-core fit of the
+    demo clip: 10.7 min, docs/cpu.md); at 128 px the lips are 3-4 pixels tall. 512 px on the CPU fits the 71-s
+    anchor clip in 2.4 times the time and follows its held-out mouth better, other speakers' not measurably
+    (docs/lip_sync.md, eighth round)."""
     sh_degree: int = 2
     seed: int = 0
     device: str = "auto"
