@@ -285,7 +285,6 @@ def test_open_sampling_draws_the_frames_where_the_mouth_interior_shows(demo_subj
 
 
 def test_render_test_split(fitted, tmp_path, capsys):
-
     root, _ = fitted
     out = tmp_path / "held_out.mp4"
     assert main(["--quiet", "render", str(root), "--split", "test", "-o", str(out)]) == 0

@@ -81,10 +81,9 @@ def _shift_tolerant_error(image: torch.Tensor, truth: torch.Tensor, radius: int)
     pixels: a silhouette or a crease that the motion moves a little costs nothing, a colour the truth has
     nowhere near does."""
     h, w = truth.shape[:2]
-    r = radius
-    padded = torch.nn.functional.pad(truth.permute(2, 0, 1)[None], (r, r, r, r), mode="replicate")[0]
+    padded = torch.nn.functional.pad(truth.permute(2, 0, 1)[None], (radius,) * 4, mode="replicate")[0]
     shifts = [(image - padded[:, dy:dy + h, dx:dx + w].permute(1, 2, 0)).abs().mean(-1)
-              for dy in range(2 * r + 1) for dx in range(2 * r + 1)]
+              for dy in range(2 * radius + 1) for dx in range(2 * radius + 1)]
     return torch.stack(shifts).amin(0)
 
 

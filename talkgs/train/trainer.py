@@ -139,8 +139,8 @@ class Trainer:
         self.subject = Subject(subject_dir)
         self.root = self.subject.root
         if cfg.resolution > self.subject.size:
-            # Training above the subject's own size would fit Gaussians to interpolated pixels at four times the
-            # cost; the saved config says what ran, so eval, render and view rebuild the same fit.
+            # Training above the subject's own size would fit Gaussians to interpolated pixels, at a higher cost; the
+            # saved config says what ran, so eval, render and view rebuild the same fit.
             log.info(f"training at the subject's own {self.subject.size} px, not {cfg.resolution} px")
             cfg = dataclasses.replace(cfg, resolution=self.subject.size)
         self.cfg = cfg
