@@ -5,6 +5,7 @@ SH colours, tile binning and compositing, forward (image, alpha, depth, the stra
 from __future__ import annotations
 
 import shutil
+from pathlib import Path
 
 import pytest
 import torch
@@ -165,3 +166,29 @@ def test_sh_colours_equal_the_twins(kernels, k, degree):
     else:
         torch.testing.assert_close(got_grads[0], want_grads[0], rtol=1e-4, atol=1e-5)
     torch.testing.assert_close(got_grads[1], want_grads[1], rtol=1e-5, atol=1e-6)
+
+
+def test_a_build_lock_left_by_a_killed_build_is_removed(monkeypatch, tmp_path, capsys):
+    """torch waits for a build lock without a time limit: one left by a killed build hung every later command.
+    A stale lock is removed with one line; a live build's lock is waited for and left alone."""
+    import os
+    import threading
+    import time
+
+    from torch.utils.cpp_extension import _get_build_directory
+
+    monkeypatch.setenv("TORCH_EXTENSIONS_DIR", str(tmp_path))
+    lock = Path(_get_build_directory("talkgs_test_ext", verbose=False)) / "lock"
+    lock.touch()
+    old = time.time() - 2 * cpu_ext.STALE_LOCK_S
+    os.utime(lock, (old, old))
+    cpu_ext.clear_stale_build_lock("talkgs_test_ext")
+    assert not lock.exists()
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "interrupted build" in err[0], err
+
+    lock.touch()  # a build running in another process, done in 0.3 s
+    threading.Timer(0.3, lock.unlink).start()
+    start = time.monotonic()
+    cpu_ext.clear_stale_build_lock("talkgs_test_ext")
+    assert 0.25 < time.monotonic() - start < cpu_ext.STALE_LOCK_S and capsys.readouterr().err == ""

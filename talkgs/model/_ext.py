@@ -39,7 +39,10 @@ def load_hashgrid_ext() -> ModuleType | None:
     if reason is None:
         from torch.utils.cpp_extension import load
 
+        from talkgs.utils.cpu_ext import clear_stale_build_lock
+
         try:
+            clear_stale_build_lock("talkgs_hashgrid")
             return load(
                 name="talkgs_hashgrid",
                 sources=[str(SOURCE_DIR / "hashgrid.cpp"), str(SOURCE_DIR / "hashgrid.cu")],

@@ -16,6 +16,7 @@ import functools
 import os
 import shutil
 import sys
+import time
 from pathlib import Path
 from types import ModuleType
 
@@ -23,6 +24,30 @@ from talkgs.utils import log
 
 SOURCE_DIR = Path(__file__).resolve().parents[1] / "csrc"
 ENV_SWITCH = "TALKGS_CPU_KERNELS"  # "0": always use the PyTorch twins
+#: A build lock older than this many seconds was left by a build that was killed (a build takes about a minute).
+STALE_LOCK_S = 300.0
+
+
+def clear_stale_build_lock(name: str) -> None:
+    """Wait for another process's build of the extension ``name``, or remove its lock when that build died.
+
+    torch's ``load`` guards a build with a lock file and waits for it without a time limit, so one build killed
+    mid-way (Ctrl-C twice, a timeout, the OOM killer) left every later talkgs command hanging silently. A lock
+    that outlives ``STALE_LOCK_S`` is removed, with one line saying so, and this process builds again.
+    """
+    from torch.utils.cpp_extension import _get_build_directory  # torch's own naming of the build folder
+
+    lock = Path(_get_build_directory(name, verbose=False)) / "lock"
+    while lock.exists():
+        try:
+            age = time.time() - lock.stat().st_mtime
+        except FileNotFoundError:  # the other build finished
+            return
+        if age > STALE_LOCK_S:
+            log.warn(f"removing {lock}, left {age / 60:.0f} min ago by an interrupted build; building again")
+            lock.unlink(missing_ok=True)
+            return
+        time.sleep(0.5)
 
 
 def _missing_requirement(name: str) -> str | None:
@@ -52,6 +77,7 @@ def load_cpu_ext(name: str) -> ModuleType | None:
         from torch.utils.cpp_extension import load
 
         try:
+            clear_stale_build_lock(f"talkgs_cpu_{name}")
             # No -ffast-math: the kernels must agree with their twins, and NaN/inf checks must keep working.
             # -fno-trapping-math changes no result; without it GCC will not vectorise a loop with selects.
             return load(name=f"talkgs_cpu_{name}", sources=[str(SOURCE_DIR / f"{name}.cpp")],
