@@ -7,6 +7,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+from talkgs.utils.config import load_yaml
+
 ROOT = Path(__file__).resolve().parents[1]
 TOOL = ROOT / "tools" / "gpu_check.py"
 
@@ -24,6 +26,10 @@ def test_dry_run_fits_until_interrupted_exports_and_benchmarks(demo_subject, tmp
     report = json.loads((out / "gpu.json").read_text())
     steps = report["steps"]
     assert report["dry_run"] and report["gpu"] is None and steps["setup"]["builds"].startswith("skipped")
+    # The fits ran the mouth-code path (the default --drive) over the tiny preset, which pins the direct path.
+    assert report["drive"] == "code"
+    fit_cfg = load_yaml(work / "full" / "fit" / "config.yaml")["head"]
+    assert fit_cfg["drive"] == "code" and fit_cfg["audio_encoders"] == ["visemes", "cepstra"]
     assert set(steps["slice"]["it_per_s"]) == {"static", "mouth", "face", "fuse"}
     fit = steps["fit"]
     assert fit["exit"] != 0 and fit["finished"] is False and fit["current_stage"]["name"] == "static"

@@ -26,6 +26,9 @@ fit_seconds, fit_seconds_kind, psnr, peak_gpu_mem_gb, model_mb, and each step's 
 fits the device tool's 16-MB file limit, the model split into OUT_DIR/model.safetensors.part-* so that
 LMD, which needs MediaPipe, can be measured on the machine that has it (``talkgs eval``).
 
+The fits use ``--preset`` with the motion fields driven the ``--drive`` way (default ``code``: the mouth code, the
+default drive of talkgs, which the quality preset pins to the direct path until a GPU has fitted it).
+
 --dry-run runs the same steps on CPU with the tiny preset and a few iterations (tests/test_gpu_check.py),
 so the first device minute is not the script's first run.
 """
@@ -175,6 +178,24 @@ def tests(run: Run) -> None:
     summary = [ln for ln in out.splitlines() if " passed" in ln or " failed" in ln or " skipped" in ln
                or " error" in ln]
     run.step("tests", {"exit": code, "seconds": round(s, 1), "summary": summary[-1] if summary else out[-300:]})
+
+
+#: ``--drive``: what moves the motion fields in the check's fits, over the preset's own head settings.
+DRIVES = {"code": {"drive": "code", "audio_encoders": ["visemes", "cepstra"]},
+          "audio": {"drive": "audio", "audio_encoders": ["mel"]}}
+
+
+def with_drive(preset: str, drive: str, work: Path) -> str:
+    """``preset`` itself (``drive`` "preset"), or a copy of it in ``work`` whose fit is driven the ``drive`` way."""
+    if drive == "preset":
+        return preset
+    from talkgs.utils.config import load_yaml, resolve_preset, save_yaml
+
+    data = load_yaml(resolve_preset(preset))
+    data.setdefault("fit", {}).setdefault("head", {}).update(DRIVES[drive])
+    path = work / f"{Path(preset).stem}_{drive}.yaml"
+    save_yaml(data, path)
+    return str(path)
 
 
 def fit_args(subject: Path, preset: str, device: str, iterations: int | None) -> list[str]:
@@ -375,6 +396,9 @@ def main() -> int:
     p.add_argument("--reserve", type=float, default=90,
                    help="seconds kept back from the fit for the model export and the render benchmark")
     p.add_argument("--preset", default="quality")
+    p.add_argument("--drive", choices=("code", "audio", "preset"), default="code",
+                   help="fit the mouth-code path (the default drive; needs the visemes and cepstra features and the "
+                        "canonical landmarks), the direct audio path, or whatever the preset says")
     p.add_argument("--slice-iterations", type=int, default=200)
     p.add_argument("--fit-iterations", type=int, help="override every stage's iterations of the full fit")
     p.add_argument("--size", type=int, default=512, help="render size of the render benchmark")
@@ -400,12 +424,14 @@ def main() -> int:
         return 1
     if "tests" not in args.skip:
         tests(run)
+    preset = with_drive(args.preset, args.drive, args.work)
+    run.report["drive"] = args.drive
     speed = None
     if "slice" not in args.skip:
-        speed = slice_fit(run, args.subject, args.work, args.preset, device, args.slice_iterations).get("it_per_s")
+        speed = slice_fit(run, args.subject, args.work, preset, device, args.slice_iterations).get("it_per_s")
     root = None
     if "fit" not in args.skip:
-        root = full_fit(run, args.subject, args.work, args.preset, device, args.fit_iterations, speed)
+        root = full_fit(run, args.subject, args.work, preset, device, args.fit_iterations, speed)
     if root is None and (args.work / "slice" / "fit" / "model.safetensors").is_file():
         root = args.work / "slice"  # the render benchmark still runs, on the slice's (smaller) model
         run.report["render_model"] = "slice"
