@@ -6,8 +6,10 @@
 #                           a 170-MB ffmpeg: both wheels are repacked without them;
 #   .whl/ffmpeg.xz          a static ffmpeg 4.2.2 (imageio-ffmpeg 0.4.9's), xz-compressed; gpu_check.py
 #                           unpacks it and points IMAGEIO_FFMPEG_EXE at it;
-#   .whl/subject/           the prepared subject (default: the anchor clip at 512, prepared here if missing)
-#                           without the canonical landmarks, which only the code drive reads.
+#   .whl/subject/           the prepared subject (default: the anchor clip at 512, prepared here if missing) with
+#                           the features both drives read (mel; visemes and cepstra) and, of the canonical
+#                           landmarks, only the lip and jaw points the mouth code reads (the rest zero, which
+#                           compresses to nothing: 1 MB instead of 9).
 #   tools/gpu_carry.sh [SUBJECT_DIR]
 set -euo pipefail
 
@@ -18,9 +20,10 @@ SUBJECT="${1:-$ROOT/outputs/gpu/anchor512}"
 TMP="$(mktemp -d)"
 trap 'rm -rf "$TMP"' EXIT
 
-if [ ! -f "$SUBJECT/subject.json" ]; then
+# A subject prepared before the code path carried mel alone: prepare it again.
+if [ ! -f "$SUBJECT/subject.json" ] || [ ! -f "$SUBJECT/audio_visemes.npy" ] || [ ! -f "$SUBJECT/audio_cepstra.npy" ]; then
     "$ROOT/.venv/bin/talkgs" prepare "$ROOT/../shared/data/video/anchor_en_71s_512.mp4" -o "$SUBJECT" \
-        --config quality --audio-encoder mel
+        --config quality --audio-encoder mel,visemes,cepstra --force
 fi
 
 rm -rf "$W" && mkdir -p "$W"
@@ -53,9 +56,14 @@ import sys
 
 import numpy as np
 
+from talkgs.model.mouth_code import MOUTH_IDS
+
 path = sys.argv[1]
 with np.load(path) as z:
-    kept = {k: z[k] for k in z.files if k != "canonical"}
+    kept = {k: z[k] for k in z.files}
+mouth = np.zeros_like(kept["canonical"])
+mouth[:, list(MOUTH_IDS)] = kept["canonical"][:, list(MOUTH_IDS)]
+kept["canonical"] = mouth
 np.savez_compressed(path, **kept)
 PYEOF
 du -sh "$W"/* | sort -h
