@@ -24,20 +24,22 @@ from talkgs.utils import log
 
 SOURCE_DIR = Path(__file__).resolve().parents[1] / "csrc"
 ENV_SWITCH = "TALKGS_CPU_KERNELS"  # "0": always use the PyTorch twins
-#: A build lock older than this many seconds was left by a build that was killed (a build takes about a minute).
-STALE_LOCK_S = 300.0
+#: A build lock older than this many seconds was left by a build that was killed: a build takes about a minute
+#: (the CPU kernels on 2 cores, the CUDA hash grid on an H200), so a live one is never taken for dead.
+STALE_LOCK_S = 600.0
 
 
 def clear_stale_build_lock(name: str) -> None:
     """Wait for another process's build of the extension ``name``, or remove its lock when that build died.
 
     torch's ``load`` guards a build with a lock file and waits for it without a time limit, so one build killed
-    mid-way (Ctrl-C twice, a timeout, the OOM killer) left every later talkgs command hanging silently. A lock
-    that outlives ``STALE_LOCK_S`` is removed, with one line saying so, and this process builds again.
+    mid-way (Ctrl-C twice, a timeout, the OOM killer) left every later talkgs command hanging silently. Waiting
+    says so in one line; a lock that outlives ``STALE_LOCK_S`` is removed, with one line, and this process builds.
     """
     from torch.utils.cpp_extension import _get_build_directory  # torch's own naming of the build folder
 
     lock = Path(_get_build_directory(name, verbose=False)) / "lock"
+    told = False
     while lock.exists():
         try:
             age = time.time() - lock.stat().st_mtime
@@ -47,6 +49,10 @@ def clear_stale_build_lock(name: str) -> None:
             log.warn(f"removing {lock}, left {age / 60:.0f} min ago by an interrupted build; building again")
             lock.unlink(missing_ok=True)
             return
+        if not told:
+            told = True
+            log.info(f"waiting for another process's build of {name} (its lock {lock} is {age:.0f} s old; one "
+                     f"older than {STALE_LOCK_S / 60:.0f} min is taken as left by a killed build)")
         time.sleep(0.5)
 
 
