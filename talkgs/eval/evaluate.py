@@ -71,6 +71,11 @@ LOCAL_EXCESS_MAX = 0.07
 LOCAL_SHIFT_PER_256 = 1.0
 
 
+def local_patch_px(side: int) -> int:
+    """Side of the local check's square patch in a frame of ``side`` px (odd, at least 3)."""
+    return max(3, round(LOCAL_PATCH_FRACTION * side) | 1)
+
+
 def local_shift_px(side: int) -> int:
     """Pixels of shift the local check forgives (and leaves out around the lips) in a frame of ``side`` px."""
     return max(1, round(LOCAL_SHIFT_PER_256 * side / 256))
@@ -99,7 +104,7 @@ def local_excess(moving: torch.Tensor, still: torch.Tensor, truth: torch.Tensor,
     the motion should change little, so a patch it makes much worse (a stray Gaussian, a torn jaw line)
     is an artifact, even when the PSNR of the whole head barely moves.
     """
-    k = max(3, round(LOCAL_PATCH_FRACTION * truth.shape[0]) | 1)
+    k = local_patch_px(truth.shape[0])
     r = local_shift_px(truth.shape[0])
     head = label_mask(labels, label_table(schema.HEAD_LABELS, labels.device))
     lips = ((labels == schema.Label.LIPS) | (labels == schema.Label.MOUTH)).float()[None, None]
@@ -196,7 +201,7 @@ def evaluate(subject_dir: str | Path, json_path: str | Path | None = None, video
             "worst_excess": round(max(excess), 4), "median_excess": round(float(np.median(excess)), 4),
             "threshold": LOCAL_EXCESS_MAX, "frames_over": int(sum(e > LOCAL_EXCESS_MAX for e in excess)),
             "worst_frame": int(ctx.test_indices[int(np.argmax(excess))]),
-            "patch_px": max(3, round(LOCAL_PATCH_FRACTION * res) | 1),
+            "patch_px": local_patch_px(res),
             "shift_px": local_shift_px(res)},
         "test_frames": [int(ctx.test_indices[0]), int(ctx.test_indices[-1]) + 1],
         "resolution": res, "video": str(video_path),
