@@ -221,6 +221,37 @@ def test_phones_on_shared_speech(name):
     assert any(audio.PHONES[i] in BILABIALS for i in phones.argmax(-1))
 
 
+def test_probe_phone_scores_agree_with_pocketsphinx(speech):
+    """tools/phone_posteriors.py recomputes the acoustic model's frame scores in numpy: its best phone per
+    speech frame must agree with pocketsphinx's forced alignment far above chance, and the agreement must
+    depend on matching the model's front end (its lifter)."""
+    sys.path.insert(0, str(REPO / "tools"))
+    try:
+        import phone_posteriors as pp
+    finally:
+        sys.path.remove(str(REPO / "tools"))
+    segments, how = audio.align_phones(speech)
+    assert how == "forced_alignment"
+    scores, names = pp.phone_loglik(speech)  # [T, 42, 3]
+    step = pp.HOP / pp.SAMPLE_RATE
+    times = np.arange(len(scores)) * step + pp.WINDOW_CENTRE_S
+    truth = np.full(len(scores), "SIL", object)
+    for phone, a, b in segments:
+        truth[(times >= a) & (times < b)] = phone
+    speaking = truth != "SIL"
+    real = [i for i, n in enumerate(names) if not n.startswith("+")]  # not the noise fillers
+
+    def agreement(s: np.ndarray, shift: int = 0) -> float:
+        best = np.array(names, object)[np.array(real)[s.max(-1)[:, real].argmax(1)]]
+        return float((np.roll(best, shift)[speaking] == truth[speaking]).mean())
+
+    assert agreement(scores) > 0.25  # measured 0.36 here, 0.40 on the anchor clip
+    assert agreement(scores, shift=300) < 0.1  # measured 0.03
+    cep = pp.cepstra(speech)
+    cep /= 1 + pp.LIFTER / 2 * np.sin(np.arange(pp.CEPSTRA) * np.pi / pp.LIFTER)
+    assert agreement(pp.state_loglik(pp.deltas(cep - cep.mean(0)))) < 0.15  # measured 0.04
+
+
 # Tiny random checkpoints, saved and loaded through the real from_pretrained path. HuBERT gets the
 # layer-normalised front end of hubert-large, wav2vec2 the group-normalised one of wav2vec2-base.
 # The default conv kernels and strides keep the 400-sample field and 320-sample stride.

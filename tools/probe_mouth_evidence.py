@@ -1,6 +1,6 @@
 """How far can speech evidence carry a mouth before any rendering? Other speakers' real mouths as the truth.
 
-    python tools/probe_mouth_evidence.py [--features V,VC,VF,VFI] [--window 5] [--ridge 10] [--cache outputs/evidence]
+    python tools/probe_mouth_evidence.py [--features V,VC,VPC] [--window 5] [--ridge 10] [--cache outputs/evidence]
 
 For the longest clip of every speaker in ../shared/data/video it reads, once (cached as .npz):
 
@@ -9,7 +9,10 @@ For the longest clip of every speaker in ../shared/data/video it reads, once (ca
 - the ``visemes`` evidence of the soundtrack (V; what the code path's speech model reads);
 - the ``cepstra`` features of the soundtrack (C; running-normalised cepstra, ``talkgs.prepare.cepstra``);
 - formants F1 and F2 (F) and the intensity (I) from Praat (``praat-parselmouth``, needed only for F and I),
-  each normalised per clip, so that a voice's own range does not count.
+  each normalised per clip, so that a voice's own range does not count;
+- phone posteriors (P): how well each of the 42 phones of pocketsphinx's acoustic model fits each 10-ms
+  frame (``tools/phone_posteriors.py``), smoothed over +-``--phone-smooth`` frames, as posteriors at a
+  temperature of 1 / ``--phone-scale``, at the frames' feature times.
 
 Then a ridge regression over +-window frames of the chosen evidence predicts the z-scored opening, and the
 prediction is scored like the rendered mouth (``drive_ref.aperture_correlation``, best lag within +-5):
@@ -47,12 +50,13 @@ def _collect(clip: Path, cache: Path) -> dict[str, np.ndarray]:
     out = cache / f"{clip.stem}.npz"
     if out.exists():
         data = dict(np.load(out))
-        if "cepstra" not in data:  # a cache from before the cepstra encoder
+        if "cepstra" not in data or "phones" not in data:  # a cache from before these were probed
             from talkgs.prepare.audio import encode_audio
             from talkgs.prepare.config import AudioConfig
 
             samples = _speech(clip, data["ref"])
             data["cepstra"] = encode_audio("cepstra", samples, len(data["ref"]), FPS, AudioConfig()).mean(1)
+            data["phones"] = _phones(samples)
             np.savez(out, **data)
         return data
     from talkgs.eval.lipsync import mouth_openings
@@ -66,7 +70,8 @@ def _collect(clip: Path, cache: Path) -> dict[str, np.ndarray]:
     samples = _speech(clip, ref)
     n = len(ref)
     data = {"ref": ref, "visemes": encode_audio("visemes", samples, n, FPS, AudioConfig()).mean(1),  # [F, 16]
-            "cepstra": encode_audio("cepstra", samples, n, FPS, AudioConfig()).mean(1)}  # [F, 13]
+            "cepstra": encode_audio("cepstra", samples, n, FPS, AudioConfig()).mean(1),  # [F, 13]
+            "phones": _phones(samples)}  # [T, 42] at 100 Hz
     try:
         import parselmouth
     except ImportError:
@@ -81,6 +86,29 @@ def _collect(clip: Path, cache: Path) -> dict[str, np.ndarray]:
     cache.mkdir(parents=True, exist_ok=True)
     np.savez(out, **data)
     return data
+
+
+def _phones(samples: np.ndarray) -> np.ndarray:
+    """[T, 42] float32: each phone's best state's log-likelihood at every 10-ms frame."""
+    from phone_posteriors import phone_loglik
+
+    return phone_loglik(samples)[0].max(-1).astype(np.float32)
+
+
+def _phone_posteriors(loglik: np.ndarray, n: int, scale: float, smooth: int) -> np.ndarray:
+    """[F, 42] posteriors of ``loglik`` [T, 42] (100 Hz) summed over +-``smooth`` frames, at the ``n``
+    frames' two feature times, averaged."""
+    from phone_posteriors import HOP, SAMPLE_RATE, WINDOW_CENTRE_S
+
+    from talkgs.prepare.audio import feature_times
+
+    summed = np.cumsum(np.pad(loglik, ((smooth + 1, smooth), (0, 0)), mode="edge"), 0)
+    z = scale * (summed[2 * smooth + 1:] - summed[:-2 * smooth - 1])  # [T, 42]
+    post = np.exp(z - z.max(1, keepdims=True))
+    post /= post.sum(1, keepdims=True)
+    step = HOP / SAMPLE_RATE
+    idx = np.clip(np.round((feature_times(n, FPS) - WINDOW_CENTRE_S) / step).astype(int), 0, len(post) - 1)
+    return post[idx].mean(1)
 
 
 def _speech(clip: Path, ref: np.ndarray) -> np.ndarray:
@@ -104,13 +132,16 @@ def _per_clip_z(x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     return z.mean(1), ok.mean(1)
 
 
-def design(data: dict[str, np.ndarray], kind: str, window: int) -> np.ndarray:
-    """[F, (2W+1) D + 1] windows of the evidence named by the letters of ``kind`` (V, C, F, I), and a bias."""
+def design(data: dict[str, np.ndarray], kind: str, window: int, phone_scale: float = 1.0,
+           phone_smooth: int = 2) -> np.ndarray:
+    """[F, (2W+1) D + 1] windows of the evidence named by the letters of ``kind`` (V, C, F, I, P), and a bias."""
     cols = []
     if "V" in kind:
         cols.append(data["visemes"])
     if "C" in kind:
         cols.append(data["cepstra"])
+    if "P" in kind:
+        cols.append(_phone_posteriors(data["phones"], len(data["ref"]), phone_scale, phone_smooth))
     if "F" in kind or "I" in kind:
         if "formants" not in data:
             raise SystemExit("error: F and I need praat-parselmouth (pip install praat-parselmouth), "
@@ -142,6 +173,8 @@ def main() -> None:
     p.add_argument("--features", default="V,VC,VF,VI,VFI,VFC")
     p.add_argument("--window", type=int, default=5)
     p.add_argument("--ridge", type=float, default=10.0, help="per training clip (the code path's default is 10)")
+    p.add_argument("--phone-scale", type=float, default=1.0, help="P: inverse temperature of the posteriors")
+    p.add_argument("--phone-smooth", type=int, default=2, help="P: summed over +-this many 10-ms frames")
     p.add_argument("--cache", default=str(ROOT / "outputs" / "evidence"))
     args = p.parse_args()
     from bench_lip_sync import PRIOR_SPEAKERS, longest_clips
@@ -152,7 +185,7 @@ def main() -> None:
     unseen = [s for s in data if s != SUBJECT and s not in PRIOR_SPEAKERS]
     results = {}
     for kind in args.features.split(","):
-        x = {s: design(d, kind, args.window) for s, d in data.items()}
+        x = {s: design(d, kind, args.window, args.phone_scale, args.phone_smooth) for s, d in data.items()}
         y = {s: _zscore(d["ref"]) for s, d in data.items()}
         w_subject = _ridge(x[SUBJECT], y[SUBJECT], args.ridge)
         subject_trained = {s: aperture_correlation(x[s] @ w_subject, data[s]["ref"], 5)[0]
@@ -163,7 +196,7 @@ def main() -> None:
             w = _ridge(np.concatenate([x[o] for o in others]), np.concatenate([y[o] for o in others]),
                        args.ridge * len(others))
             loso[s] = aperture_correlation(x[s] @ w, data[s]["ref"], 5)[0]
-        xp = [x[SUBJECT], *(design(d, kind, args.window) for d in prior.values())]
+        xp = [x[SUBJECT], *(design(d, kind, args.window, args.phone_scale, args.phone_smooth) for d in prior.values())]
         yp = [y[SUBJECT], *(_zscore(d["ref"]) for d in prior.values())]
         w_prior = _ridge(np.concatenate(xp), np.concatenate(yp), args.ridge * len(xp))
         with_prior = {s: aperture_correlation(x[s] @ w_prior, data[s]["ref"], 5)[0] for s in unseen}
@@ -181,7 +214,8 @@ def main() -> None:
               f"{SUBJECT} + public-domain prior {r['public_domain_prior_median']:.3f} "
               f"({SUBJECT} alone on the same {len(unseen)}: {r['subject_trained_median_same_speakers']:.3f})")
     print(json.dumps({"clips": {s: c.name for s, c in clips.items()}, "prior_clips": sorted(prior),
-                      "window": args.window, "ridge": args.ridge, "results": results}, indent=1))
+                      "window": args.window, "ridge": args.ridge, "phone_scale": args.phone_scale,
+                      "phone_smooth": args.phone_smooth, "results": results}, indent=1))
 
 
 if __name__ == "__main__":
