@@ -2,7 +2,7 @@
 
     python tools/bench_render.py SUBJECT_DIR --audio SPEECH [--size 512] [--frames 200] [--device cuda]
     python tools/bench_render.py SUBJECT_DIR --audio SPEECH --memory   # whole render_speech, peak RSS
-    python tools/bench_render.py SUBJECT_DIR --audio SPEECH --stream [--chunk-ms 40]   # streaming latency
+    python tools/bench_render.py SUBJECT_DIR --audio SPEECH --stream [--chunk-ms 40] [--lookahead 0.1]   # latency
 
 The default mode times, per frame (averaged over --frames frames, after a warm-up batch), the two
 halves of the head's one forward pass as ``talkgs render`` runs them: ``deform`` (audio nets and
@@ -90,7 +90,7 @@ def bench_stages(subject: str, audio: str, size: int | None, frames: int, device
 
 
 def bench_stream(subject: str, audio: str, size: int | None, device: str | None, chunk_ms: float,
-                 seconds: float) -> dict:
+                 seconds: float, lookahead_s: float | None = None) -> dict:
     from talkgs.render.driver import DriveConfig, TalkingRenderer, read_speech
     from talkgs.utils import media
 
@@ -98,7 +98,7 @@ def bench_stream(subject: str, audio: str, size: int | None, device: str | None,
     samples = read_speech(audio)[:round(seconds * media.SAMPLE_RATE)]
     chunk = max(1, round(chunk_ms / 1000 * media.SAMPLE_RATE))
     warmup = media.SAMPLE_RATE  # the first second's pushes build kernels and caches: not timed
-    stream = r.stream()
+    stream = r.stream(lookahead_s=lookahead_s)
     waits, frames, total = [], 0, 0.0
     with torch.no_grad():
         for a in range(0, len(samples), chunk):
@@ -121,6 +121,7 @@ def bench_stream(subject: str, audio: str, size: int | None, device: str | None,
         "device": str(r.device), "gpu": torch.cuda.get_device_name(r.device) if r.device.type == "cuda" else None,
         "size": r.size, "encoders": list(r.encoders), "chunk_ms": round(1000 * chunk / media.SAMPLE_RATE, 1),
         "lookahead_ms": round(stream.latency_ms, 1), "lookahead_frames": stream.latency_frames,
+        "encoder_lookahead_s": stream.features.lookahead_s,
         "frames_timed": frames,
         "compute_ms_per_push": {"median": round(float(np.median(ms)), 2),
                                 "p95": round(float(np.percentile(ms, 95)), 2), "max": round(float(ms.max()), 2)},
@@ -153,9 +154,11 @@ def main() -> None:
     p.add_argument("--stream", action="store_true")
     p.add_argument("--chunk-ms", type=float, default=40.0, help="--stream: audio per push")
     p.add_argument("--seconds", type=float, default=20.0, help="--stream: audio streamed (the first second untimed)")
+    p.add_argument("--lookahead", type=float, help="--stream: the encoders' look-ahead in s (default: their own)")
     args = p.parse_args()
     if args.stream:
-        result = bench_stream(args.subject, args.audio, args.size, args.device, args.chunk_ms, args.seconds)
+        result = bench_stream(args.subject, args.audio, args.size, args.device, args.chunk_ms, args.seconds,
+                              args.lookahead)
     elif args.memory:
         result = bench_memory(args.subject, args.audio, args.size, args.device)
     else:

@@ -1,6 +1,6 @@
 """How far can speech evidence carry a mouth before any rendering? Other speakers' real mouths as the truth.
 
-    python tools/probe_mouth_evidence.py [--features V,VC,VPC] [--window 5] [--ridge 10] [--cache outputs/evidence]
+    python tools/probe_mouth_evidence.py [--features V,VC,VPC] [--stream 1,0.25] [--window 5] [--ridge 10]
 
 For the longest clip of every speaker in ../shared/data/video it reads, once (cached as .npz):
 
@@ -23,6 +23,10 @@ prediction is scored like the rendered mouth (``drive_ref.aperture_correlation``
 - ``public-domain prior``: fitted on the anchor pooled with every public-domain clip (``_pd_`` in the name:
   Obama and Reagan, which may be copied into the project), scored on the speakers with no such clip, beside
   the anchor alone on the same speakers.
+
+With ``--stream``, the public-domain prior's regression (trained on the offline evidence, as a fit trains
+the speech model) is also scored on the evidence a stream computes (``talkgs.render.driver.FeatureStream``) at
+each look-ahead: what the low-latency stream costs.
 
 No rendering and no fitted head: a cheap ceiling for the code path's speech model.
 """
@@ -111,6 +115,30 @@ def _phone_posteriors(loglik: np.ndarray, n: int, scale: float, smooth: int) -> 
     return post[idx].mean(1)
 
 
+def _streamed(clip: Path, data: dict[str, np.ndarray], lookahead_s: float, cache: Path) -> dict[str, np.ndarray]:
+    """The clip's ``visemes`` and ``cepstra`` as a stream computes them (``FeatureStream``, 40-ms chunks) with
+    ``lookahead_s`` of audio past each block: all-phone decoding over a sliding stretch, not word recognition."""
+    from talkgs.prepare.audio import feature_dim
+    from talkgs.prepare.config import AudioConfig
+    from talkgs.render.driver import FeatureStream
+
+    out = cache / f"{clip.stem}.stream_{lookahead_s:g}.npz"
+    if out.exists():
+        return dict(np.load(out))
+    cfg = AudioConfig()
+    stream = FeatureStream(("visemes", "cepstra"), FPS, cfg, lookahead_s)
+    samples = _speech(clip, data["ref"])
+    chunk = round(0.04 * stream.SAMPLE_RATE)
+    for a in range(0, len(samples), chunk):
+        stream.push(samples[a:a + chunk])
+    stream.finish(len(data["ref"]))
+    feats = np.stack(stream.features).mean(1)  # [F, D]
+    v = feature_dim("visemes", cfg)
+    result = {"visemes": feats[:, :v], "cepstra": feats[:, v:]}
+    np.savez(out, **result)
+    return result
+
+
 def _speech(clip: Path, ref: np.ndarray) -> np.ndarray:
     """The clip's soundtrack with its own audio-video offset (against its mouth opening ``ref``) corrected."""
     from talkgs.eval.lipsync import _fill_gaps
@@ -175,6 +203,8 @@ def main() -> None:
     p.add_argument("--ridge", type=float, default=10.0, help="per training clip (the code path's default is 10)")
     p.add_argument("--phone-scale", type=float, default=1.0, help="P: inverse temperature of the posteriors")
     p.add_argument("--phone-smooth", type=int, default=2, help="P: summed over +-this many 10-ms frames")
+    p.add_argument("--stream", default="", help="look-aheads (s, comma-separated): also score the public-domain "
+                   "prior's regression on the evidence a stream computes with each (letters V and C only)")
     p.add_argument("--cache", default=str(ROOT / "outputs" / "evidence"))
     args = p.parse_args()
     from bench_lip_sync import PRIOR_SPEAKERS, longest_clips
@@ -209,6 +239,17 @@ def main() -> None:
                          "subject_trained": {s: round(v, 3) for s, v in subject_trained.items()},
                          "leave_one_speaker_out": {s: round(v, 3) for s, v in loso.items()}}
         r = results[kind]
+        if args.stream and set(kind) <= set("VC"):
+            r["stream"] = {}
+            for lookahead in (float(v) for v in args.stream.split(",")):
+                streamed = {s: aperture_correlation(design({**data[s], **_streamed(clips[s], data[s], lookahead,
+                                                                                   Path(args.cache))}, kind,
+                                                           args.window) @ w_prior, data[s]["ref"], 5)[0]
+                            for s in unseen}
+                r["stream"][f"{lookahead:g}"] = {"median": round(float(np.median(list(streamed.values()))), 3),
+                                                 "per_clip": {s: round(v, 3) for s, v in streamed.items()}}
+                print(f"{kind:4s} stream, look-ahead {lookahead:g} s: {SUBJECT} + public-domain prior "
+                      f"{r['stream'][f'{lookahead:g}']['median']:.3f} (offline {r['public_domain_prior_median']:.3f})")
         print(f"{kind:4s} subject-trained (on {SUBJECT}) median {r['subject_trained_median']:.3f}   "
               f"leave-one-speaker-out median {r['leave_one_speaker_out_median']:.3f}   "
               f"{SUBJECT} + public-domain prior {r['public_domain_prior_median']:.3f} "

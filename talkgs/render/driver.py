@@ -390,9 +390,105 @@ class TalkingRenderer:
         return layer[..., :3] + (1 - layer[..., 3:]) * background
 
     # -- streaming -----------------------------------------------------------------------------------
-    def stream(self, layers: Layers | None = None) -> AudioStream:
-        """A stream that takes audio chunks and returns the frames they complete (see ``AudioStream``)."""
-        return AudioStream(self, layers)
+    def stream(self, layers: Layers | None = None, lookahead_s: float | None = None) -> AudioStream:
+        """A stream that takes audio chunks and returns the frames they complete (see ``AudioStream``).
+        ``lookahead_s``: audio the encoders wait for past a frame (``FeatureStream``; None: their own)."""
+        return AudioStream(self, layers, lookahead_s)
+
+
+class FeatureStream:
+    """Audio chunks in, audio-feature frames out: the encoders' half of a stream (``AudioStream``).
+
+    Feature frames are computed in blocks of ``BLOCK_FRAMES`` once the audio has reached ``lookahead_s``
+    past a block. By default that is the encoders' own need (``CONTEXT_S``): 0.05 s for mel and cepstra,
+    1 s for the phone decoders, which decide a phone better the more of what follows they hear. A smaller
+    ``lookahead_s`` is the low-latency mode of the phone encoders: their phones near the end of each
+    decoded stretch are decided with less of the following speech (what that costs: docs/lip_sync.md,
+    Streaming). Audio older than the encoders' context before the first frame still to be computed is
+    dropped, so memory stays flat however long the stream.
+    """
+
+    #: Sample rate of the audio fed to ``push`` (what ``media.read_audio`` gives).
+    SAMPLE_RATE = media.SAMPLE_RATE
+    #: Audio kept before the first feature frame still to be computed, and by default reached past the last
+    #: one: context for the encoders (mel and cepstra need 12.5 ms, the phone decoders about a second).
+    CONTEXT_S = {"mel": 0.05, "cepstra": 0.05, "phonemes": 1.0, "visemes": 1.0}
+    MODEL_CONTEXT_S = 1.5
+    #: Encoders that decide phones over a stretch: any look-ahead works, less is less exact.
+    PHONE_ENCODERS = ("phonemes", "visemes")
+    #: Feature frames computed together: each encoder call costs a decode of the context.
+    BLOCK_FRAMES = 4
+
+    def __init__(self, encoders: tuple[str, ...], fps: float, audio_cfg, lookahead_s: float | None = None):
+        from talkgs.prepare.audio import MEL_HOP_S, stream_state
+
+        self.encoders, self.fps, self.audio_cfg = tuple(encoders), float(fps), audio_cfg
+        self._hop = round(MEL_HOP_S * self.SAMPLE_RATE)
+        self.context_s = max(self.CONTEXT_S.get(e, self.MODEL_CONTEXT_S) for e in self.encoders)
+        #: The least look-ahead: what the encoders that are not phone decoders need to equal the offline features.
+        self.min_lookahead_s = max([self.CONTEXT_S.get(e, self.MODEL_CONTEXT_S) for e in self.encoders
+                                    if e not in self.PHONE_ENCODERS] or [self.CONTEXT_S["mel"]])
+        if lookahead_s is not None and not self.min_lookahead_s <= lookahead_s <= self.context_s:
+            raise TalkgsError(f"a stream's look-ahead must be between {self.min_lookahead_s:g} and "
+                              f"{self.context_s:g} s for the encoders {', '.join(self.encoders)}; got {lookahead_s:g}")
+        self.lookahead_s = self.context_s if lookahead_s is None else float(lookahead_s)
+        self.buffer = np.zeros(0, np.float32)
+        self.buffer_start = 0  # absolute sample of buffer[0], a multiple of the mel hop
+        self.received = 0  # samples pushed so far
+        self.features: list[np.ndarray] = []  # [2, D] per frame, frames start..
+        self.start = 0
+        self._keep_from = 0  # the first feature frame still needed (``drop_before``)
+        self._states = {e: stream_state(e) for e in self.encoders}  # running normalisation (cepstra)
+
+    @property
+    def end(self) -> int:
+        """One past the last feature frame computed."""
+        return self.start + len(self.features)
+
+    def push(self, samples: np.ndarray) -> None:
+        """Add float32 16 kHz mono samples; compute the blocks of feature frames they complete."""
+        samples = np.asarray(samples, np.float32).reshape(-1)
+        self.buffer = np.concatenate([self.buffer, samples])
+        self.received += len(samples)
+        ready = int(math.floor((self.received / self.SAMPLE_RATE - self.lookahead_s) * self.fps))
+        if ready - self.end >= self.BLOCK_FRAMES:
+            self._compute(self.end, ready)
+
+    def finish(self, total: int) -> None:
+        """End of audio: cut or zero-pad it to ``total`` frames' duration (as offline) and compute the rest."""
+        length = round(total / self.fps * self.SAMPLE_RATE)
+        pad = length - self.received
+        if pad > 0:
+            self.buffer = np.concatenate([self.buffer, np.zeros(pad, np.float32)])
+        elif pad < 0:
+            self.buffer = self.buffer[:len(self.buffer) + pad]
+        if self.end < total:
+            self._compute(self.end, total)
+
+    def drop_before(self, frame: int) -> None:
+        """Forget the feature frames before ``frame`` (and, from now on, the audio no later frame needs)."""
+        self._keep_from = max(self._keep_from, frame)
+        self._trim()
+
+    def _trim(self) -> None:
+        drop = max(0, self._keep_from - self.start)
+        if drop:
+            del self.features[:drop]
+            self.start += drop
+        first_needed = self.end / self.fps - self.context_s
+        cut = int(first_needed * self.SAMPLE_RATE) // self._hop * self._hop - self.buffer_start
+        if cut > 0:
+            self.buffer = self.buffer[cut:]
+            self.buffer_start += cut
+
+    def _compute(self, lo: int, hi: int) -> None:
+        from talkgs.prepare.audio import encode_span, feature_times
+
+        times = feature_times(hi, self.fps)[lo:hi].reshape(-1)  # [2 (hi - lo)]
+        parts = [encode_span(e, self.buffer, self.buffer_start / self.SAMPLE_RATE, times, self.audio_cfg,
+                             state=self._states[e]) for e in self.encoders]
+        self.features.extend(np.concatenate(parts, -1).reshape(hi - lo, 2, -1))
+        self._trim()
 
 
 class AudioStream:
@@ -400,9 +496,8 @@ class AudioStream:
 
     Frame i is rendered once the audio has reached ``latency_frames`` frames past it: the audio net's
     right context (``TalkingHead.right_context``: 0 for a causal audio net, the speech model's window on
-    the code path), the encoder's own look-ahead, and
-    the block in which features are computed. Audio older than ``context_s`` before the next frame is
-    dropped, so memory stays flat however long the stream.
+    the code path), the encoders' look-ahead (``FeatureStream``), and the block in which features are
+    computed. Memory stays flat however long the stream.
 
     With the ``mel`` encoder the frames equal the offline render (``TalkingRenderer.frames``) of the
     same audio: features are computed on a hop-aligned stretch with enough context on both sides, and
@@ -412,108 +507,50 @@ class AudioStream:
     for: a stream decodes phones alone (all-phone), so its mouth follows the same speech less exactly.
     """
 
-    #: Sample rate of the audio fed to ``push`` (what ``media.read_audio`` gives).
-    SAMPLE_RATE = media.SAMPLE_RATE
-    #: Audio kept before the first feature frame still to be computed, and reached past the last one:
-    #: context for the encoders (mel needs 12.5 ms, the phone decoders about a second).
-    CONTEXT_S = {"mel": 0.05, "cepstra": 0.05, "phonemes": 1.0, "visemes": 1.0}
-    MODEL_CONTEXT_S = 1.5
-    #: Feature frames computed together: each encoder call costs a decode of the context.
-    BLOCK_FRAMES = 4
+    SAMPLE_RATE = FeatureStream.SAMPLE_RATE
 
-    def __init__(self, renderer: TalkingRenderer, layers: Layers | None = None):
-        from talkgs.prepare.audio import MEL_HOP_S, stream_state
-
+    def __init__(self, renderer: TalkingRenderer, layers: Layers | None = None, lookahead_s: float | None = None):
         self.r = renderer
         self.layers = layers
-        sr = self.SAMPLE_RATE
-        self._hop = round(MEL_HOP_S * sr)
-        self.context_s = max(self.CONTEXT_S.get(e, self.MODEL_CONTEXT_S) for e in renderer.encoders)
-        self._buffer = np.zeros(0, np.float32)
-        self._buffer_start = 0  # absolute sample of _buffer[0], a multiple of the mel hop
-        self._received = 0  # samples pushed so far
-        self._features: list[np.ndarray] = []  # [2, D] per frame, frames _feat_start..
-        self._states = {e: stream_state(e) for e in renderer.encoders}  # running normalisation (cepstra)
-        self._feat_start = 0
+        self.features = FeatureStream(renderer.encoders, renderer.fps, renderer.audio_cfg, lookahead_s)
         self._next_frame = 0
         self._closed = False
-        right = math.ceil(self.context_s * renderer.fps)
+        right = math.ceil(round(self.features.lookahead_s * renderer.fps, 6))
         #: Frames between a frame's own audio arriving and the frame being returned (worst case).
-        self.latency_frames = renderer.lookahead + right + self.BLOCK_FRAMES
+        self.latency_frames = renderer.lookahead + right + FeatureStream.BLOCK_FRAMES
         self.latency_ms = 1000.0 * self.latency_frames / renderer.fps
 
     def push(self, samples: np.ndarray) -> list[np.ndarray]:
         """Add float32 16 kHz mono samples; return the frames (uint8 [S, S, 3]) that are now final."""
         if self._closed:
             raise RuntimeError("push after close")
-        samples = np.asarray(samples, np.float32).reshape(-1)
-        self._buffer = np.concatenate([self._buffer, samples])
-        self._received += len(samples)
-        fps, sr = self.r.fps, self.SAMPLE_RATE
-        # Feature frames whose audio plus context has arrived.
-        ready = int(math.floor((self._received / sr - self.context_s) * fps))
-        have = self._feat_start + len(self._features)
-        if ready - have >= self.BLOCK_FRAMES:
-            self._compute_features(have, ready)
-        return self._render(have_until=self._feat_start + len(self._features) - self.r.lookahead, final_count=None)
+        self.features.push(samples)
+        return self._render(have_until=self.features.end - self.r.lookahead, final_count=None)
 
     def close(self) -> list[np.ndarray]:
         """End of audio: the remaining frames, so that the stream has the offline render's frame count."""
         if self._closed:
             return []
         self._closed = True
-        sr = self.SAMPLE_RATE
-        total = self.r.num_frames(self._received, sr)
-        # As offline: the audio is cut or zero-padded to exactly the frames' duration.
-        length = round(total / self.r.fps * sr)
-        pad = length - self._received
-        if pad > 0:
-            self._buffer = np.concatenate([self._buffer, np.zeros(pad, np.float32)])
-        elif pad < 0:
-            self._buffer = self._buffer[:len(self._buffer) + pad]
-        have = self._feat_start + len(self._features)
-        if have < total:
-            self._compute_features(have, total)
+        total = self.r.num_frames(self.features.received, self.SAMPLE_RATE)
+        self.features.finish(total)
         return self._render(have_until=total, final_count=total)
-
-    def _compute_features(self, lo: int, hi: int) -> None:
-        from talkgs.prepare.audio import encode_span, feature_times
-
-        times = feature_times(hi, self.r.fps)[lo:hi].reshape(-1)  # [2 (hi - lo)]
-        parts = [encode_span(e, self._buffer, self._buffer_start / self.SAMPLE_RATE, times, self.r.audio_cfg,
-                             state=self._states[e]) for e in self.r.encoders]
-        feats = np.concatenate(parts, -1).reshape(hi - lo, 2, -1)
-        self._features.extend(feats)
-        self._trim()
-
-    def _trim(self) -> None:
-        """Drop audio and features that no future frame needs."""
-        keep_from = self._next_frame - self.r.head.left_context
-        drop = max(0, keep_from - self._feat_start)
-        if drop:
-            del self._features[:drop]
-            self._feat_start += drop
-        first_needed = (self._feat_start + len(self._features)) / self.r.fps - self.context_s
-        cut = int(first_needed * self.SAMPLE_RATE) // self._hop * self._hop - self._buffer_start
-        if cut > 0:
-            self._buffer = self._buffer[cut:]
-            self._buffer_start += cut
 
     def _render(self, have_until: int, final_count: int | None) -> list[np.ndarray]:
         stop = have_until if final_count is None else final_count
-        if stop <= self._next_frame or not self._features:
+        fs = self.features
+        if stop <= self._next_frame or not fs.features:
             return []
-        feats = torch.tensor(np.stack(self._features), device=self.r.device)  # [W, 2, D]
+        feats = torch.tensor(np.stack(fs.features), device=self.r.device)  # [W, 2, D]
         frames = []
-        lo = self._feat_start
         for a in range(self._next_frame, stop, self.r.cfg.batch):
             idx = np.arange(a, min(a + self.r.cfg.batch, stop))
             # The net clamps window indices to the features it is given: at the start of the stream
-            # (lo = 0) and at its end (close) this is the offline clamping; elsewhere the kept
+            # (start = 0) and at its end (close) this is the offline clamping; elsewhere the kept
             # features cover every frame the windows read.
-            frames += self.r.render_batch(feats, idx, self.layers, feature_offset=lo)
+            frames += self.r.render_batch(feats, idx, self.layers, feature_offset=fs.start)
         self._next_frame = stop
-        self._trim()
+        fs.drop_before(self._next_frame - self.r.head.left_context)
         return frames
 
 
