@@ -31,6 +31,7 @@ from talkgs.data.frames import pick_device
 from talkgs.errors import TalkgsError
 from talkgs.model.fitted import FittedModel, load_model
 from talkgs.model.talking_head import Deformation
+from talkgs.prepare.config import AudioConfig
 from talkgs.render.forward import draw
 from talkgs.utils import media
 from talkgs.utils.camera import scale_intrinsics
@@ -256,7 +257,6 @@ class TalkingRenderer:
     """
 
     def __init__(self, source: str | Path | FittedModel, cfg: DriveConfig | None = None, device: str | None = None):
-        from talkgs.prepare.config import AudioConfig
         from talkgs.utils.config import from_dict
 
         self.cfg = cfg if cfg is not None else DriveConfig()
@@ -419,7 +419,8 @@ class FeatureStream:
     #: Feature frames computed together: each encoder call costs a decode of the context.
     BLOCK_FRAMES = 4
 
-    def __init__(self, encoders: tuple[str, ...], fps: float, audio_cfg, lookahead_s: float | None = None):
+    def __init__(self, encoders: tuple[str, ...], fps: float, audio_cfg: AudioConfig,
+                 lookahead_s: float | None = None):
         from talkgs.prepare.audio import MEL_HOP_S, stream_state
 
         self.encoders, self.fps, self.audio_cfg = tuple(encoders), float(fps), audio_cfg
