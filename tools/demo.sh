@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Set up a fresh machine and run the demo on the bundled public-domain clip: prepare the subject,
-# fit the talking head (cpu preset: static, mouth, face and fuse stages, about 15-20 minutes on
+# fit the talking head (cpu preset: static, mouth, face and fuse stages, about 8 minutes on
 # 2 cores), score the held-out frames, make it speak new words, and export the static head as a PLY.
 set -euo pipefail
 cd "$(dirname "$0")/.."
