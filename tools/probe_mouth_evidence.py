@@ -242,14 +242,16 @@ def main() -> None:
         if args.stream and set(kind) <= set("VC"):
             r["stream"] = {}
             for lookahead in (float(v) for v in args.stream.split(",")):
-                streamed = {s: aperture_correlation(design({**data[s], **_streamed(clips[s], data[s], lookahead,
-                                                                                   Path(args.cache))}, kind,
-                                                           args.window) @ w_prior, data[s]["ref"], 5)[0]
-                            for s in unseen}
-                r["stream"][f"{lookahead:g}"] = {"median": round(float(np.median(list(streamed.values()))), 3),
+                streamed = {}
+                for s in unseen:
+                    evidence = {**data[s], **_streamed(clips[s], data[s], lookahead, Path(args.cache))}
+                    predicted = design(evidence, kind, args.window) @ w_prior
+                    streamed[s] = aperture_correlation(predicted, data[s]["ref"], 5)[0]
+                median = round(float(np.median(list(streamed.values()))), 3)
+                r["stream"][f"{lookahead:g}"] = {"median": median,
                                                  "per_clip": {s: round(v, 3) for s, v in streamed.items()}}
-                print(f"{kind:4s} stream, look-ahead {lookahead:g} s: {SUBJECT} + public-domain prior "
-                      f"{r['stream'][f'{lookahead:g}']['median']:.3f} (offline {r['public_domain_prior_median']:.3f})")
+                print(f"{kind:4s} stream, look-ahead {lookahead:g} s: {SUBJECT} + public-domain prior {median:.3f} "
+                      f"(offline {r['public_domain_prior_median']:.3f})")
         print(f"{kind:4s} subject-trained (on {SUBJECT}) median {r['subject_trained_median']:.3f}   "
               f"leave-one-speaker-out median {r['leave_one_speaker_out_median']:.3f}   "
               f"{SUBJECT} + public-domain prior {r['public_domain_prior_median']:.3f} "

@@ -426,9 +426,10 @@ class FeatureStream:
         self.encoders, self.fps, self.audio_cfg = tuple(encoders), float(fps), audio_cfg
         self._hop = round(MEL_HOP_S * self.SAMPLE_RATE)
         self.context_s = max(self.CONTEXT_S.get(e, self.MODEL_CONTEXT_S) for e in self.encoders)
-        #: The least look-ahead: what the encoders that are not phone decoders need to equal the offline features.
-        self.min_lookahead_s = max([self.CONTEXT_S.get(e, self.MODEL_CONTEXT_S) for e in self.encoders
-                                    if e not in self.PHONE_ENCODERS] or [self.CONTEXT_S["mel"]])
+        #: The least look-ahead: what the encoders that are not phone decoders need to equal the offline features,
+        #: and for phone decoders alone one analysis window past the block (mel's need).
+        others = [self.CONTEXT_S.get(e, self.MODEL_CONTEXT_S) for e in self.encoders if e not in self.PHONE_ENCODERS]
+        self.min_lookahead_s = max(others, default=self.CONTEXT_S["mel"])
         if lookahead_s is not None and not self.min_lookahead_s <= lookahead_s <= self.context_s:
             raise TalkgsError(f"a stream's look-ahead must be between {self.min_lookahead_s:g} and "
                               f"{self.context_s:g} s for the encoders {', '.join(self.encoders)}; got {lookahead_s:g}")
