@@ -10,9 +10,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from talkgs.audio import features as audio
+from talkgs.audio.config import AudioConfig
 from talkgs.errors import TalkgsError
-from talkgs.prepare import audio
-from talkgs.prepare.config import AudioConfig
 from talkgs.utils.media import read_audio
 
 REPO = Path(__file__).resolve().parents[1]
@@ -45,7 +45,7 @@ def band_energy(feats: np.ndarray) -> np.ndarray:
 
 def test_import_is_cheap():
     code = (
-        "import sys, talkgs.prepare.audio; "
+        "import sys, talkgs.audio.features; "
         "print(sorted(m for m in ('torch', 'transformers', 'pocketsphinx') if m in sys.modules))"
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=REPO, check=True)

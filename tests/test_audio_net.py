@@ -158,8 +158,8 @@ def test_encoder_dim_from_constructor():
 
 
 def test_real_audio_smoke():
-    from talkgs.prepare.audio import encode_audio
-    from talkgs.prepare.config import AudioConfig
+    from talkgs.audio.config import AudioConfig
+    from talkgs.audio.features import encode_audio
     from talkgs.utils.media import read_audio
 
     samples = read_audio(DEMO)

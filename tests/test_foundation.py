@@ -9,8 +9,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from talkgs.data import topology as topo
 from talkgs.errors import TalkgsError
-from talkgs.prepare import topology as topo
 from talkgs.prepare.config import PrepareConfig
 from talkgs.utils.config import from_dict, load_section, load_yaml, merge, preset_dir, preset_names, to_dict
 from talkgs.utils.fs import StagingDir, check_destination

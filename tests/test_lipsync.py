@@ -16,11 +16,11 @@ import numpy as np
 import pytest
 from conftest import DEMO, ffmpeg, shared_file
 
+from talkgs.audio import features as audio
 from talkgs.cli.main import main
 from talkgs.errors import TalkgsError
 from talkgs.eval import lipsync
 from talkgs.eval.lipsync import LipSyncConfig, bilabial_closures, closure_threshold, lipsync_metrics
-from talkgs.prepare import audio
 from talkgs.utils import media
 
 DEMO_FPS = 30

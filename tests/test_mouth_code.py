@@ -10,6 +10,8 @@ import pytest
 import torch
 from conftest import mean_abs_diffs, shared_file, stream_in_chunks
 
+from talkgs.audio.config import AudioConfig
+from talkgs.audio.features import VISEMES, encode_audio
 from talkgs.cli.main import main
 from talkgs.data.subject import Subject
 from talkgs.errors import TalkgsError
@@ -21,8 +23,6 @@ from talkgs.model.mouth_code import (
     load_prior,
     same_recording,
 )
-from talkgs.prepare.audio import VISEMES, encode_audio
-from talkgs.prepare.config import AudioConfig
 from talkgs.utils import media
 
 
@@ -255,8 +255,8 @@ def test_the_lower_teeth_move_with_the_jaw_of_the_code(demo, fitted_code):
     follows it and the part above (upper teeth) does not (``HeadConfig.jaw_carry_m``)."""
     import dataclasses
 
+    from talkgs.data import topology as topo
     from talkgs.model.fitted import load_model
-    from talkgs.prepare import topology as topo
 
     subject, basis, codes, _ = demo
     opening = basis.opening(codes)

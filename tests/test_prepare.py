@@ -8,8 +8,8 @@ import numpy as np
 import pytest
 
 from talkgs.data import Label, Subject, schema
+from talkgs.data import topology as topo
 from talkgs.data.subject import torso_layer
-from talkgs.prepare import topology as topo
 from talkgs.prepare.sync import energy_envelope, estimate_offset
 from talkgs.utils import media
 

@@ -10,9 +10,9 @@ from conftest import DEMO, ffmpeg, shared_file, tiny_config
 
 from talkgs.cli.main import main
 from talkgs.data import Subject, schema
+from talkgs.data.topology import FOREHEAD
 from talkgs.prepare import pipeline
 from talkgs.prepare.pipeline import prepare
-from talkgs.prepare.topology import FOREHEAD
 
 
 def run_cli(capsys, *argv: str) -> tuple[int, str]:

@@ -9,8 +9,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from talkgs.data.topology import NUM_LANDMARKS, RIGID
 from talkgs.prepare.config import TrackingConfig
-from talkgs.prepare.topology import NUM_LANDMARKS, RIGID
 from talkgs.prepare.tracking import (
     detect_cuts,
     rotation_exp,

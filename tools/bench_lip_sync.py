@@ -108,9 +108,9 @@ def mouth_strip(root: Path, video: Path, out: Path, frames: int = 10, zoom: int 
     import cv2
     import torch
 
+    from talkgs.data import topology as topo
     from talkgs.eval.landmark_metrics import DETECT_SIZE, track_landmarks
     from talkgs.eval.lipsync import mouth_openings
-    from talkgs.prepare import topology as topo
     from talkgs.render.driver import TalkingRenderer, read_speech
     from talkgs.utils import media
 

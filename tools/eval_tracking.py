@@ -22,7 +22,7 @@ import cv2
 import numpy as np
 
 from talkgs.data import Subject, schema
-from talkgs.prepare import topology as topo
+from talkgs.data import topology as topo
 from talkgs.prepare.config import TrackingConfig
 from talkgs.prepare.flow import klt
 from talkgs.prepare.tracking import rotation_log, track_head

@@ -12,7 +12,7 @@ allows copying into the project) it stores:
 - ``<clip>.mouth`` [F, L, 3] float16: the canonical lip and jaw landmarks (``mouth_code.MOUTH_IDS``, metres)
   tracked at ``PRIOR_TRACK_FPS`` as ``talkgs render --drive`` tracks a driving video;
 - ``cepstra_population`` [2, 13]: the mean and variance of all the clips' raw cepstra over their speech windows,
-  which start every signal's running normalisation (``talkgs.prepare.cepstra``).
+  which start every signal's running normalisation (``talkgs.audio.cepstra``).
 
 ``talkgs.model.mouth_code.load_prior`` samples both at a subject's frame rate when a fit pools them with the
 subject's own frames (``MouthCodeConfig.prior``).
@@ -30,12 +30,12 @@ SHARED = ROOT.parent / "shared" / "data" / "video"
 
 
 def main() -> None:
+    from talkgs.audio import cepstra
+    from talkgs.audio.features import _viseme_features, align_phones
+    from talkgs.data import topology as topo
     from talkgs.model.mouth_code import MOUTH_IDS
     from talkgs.model.mouth_code import PRIOR_EVIDENCE_HZ as HZ
     from talkgs.model.mouth_code import PRIOR_TRACK_FPS as FPS
-    from talkgs.prepare import cepstra
-    from talkgs.prepare import topology as topo
-    from talkgs.prepare.audio import _viseme_features, align_phones
     from talkgs.prepare.pipeline import track_face
     from talkgs.prepare.sync import energy_envelope, estimate_offset, shift_audio
     from talkgs.render.driver import read_speech

@@ -14,8 +14,8 @@ import cv2
 import numpy as np
 import torch
 
+from talkgs.data import topology as topo
 from talkgs.eval.evaluate import load_fitted, render_frame
-from talkgs.prepare import topology as topo
 from talkgs.utils.media import to_uint8
 
 

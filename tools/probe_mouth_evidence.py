@@ -7,7 +7,7 @@ For the longest clip of every speaker in ../shared/data/video it reads, once (ca
 - the real mouth opening, MediaPipe, 25 fps (``talkgs.eval.lipsync.mouth_openings``), with the clip's own
   audio-video offset corrected as ``talkgs eval --drive-ref`` corrects it;
 - the ``visemes`` evidence of the soundtrack (V; what the code path's speech model reads);
-- the ``cepstra`` features of the soundtrack (C; running-normalised cepstra, ``talkgs.prepare.cepstra``);
+- the ``cepstra`` features of the soundtrack (C; running-normalised cepstra, ``talkgs.audio.cepstra``);
 - formants F1 and F2 (F) and the intensity (I) from Praat (``praat-parselmouth``, needed only for F and I),
   each normalised per clip, so that a voice's own range does not count;
 - phone posteriors (P): how well each of the 42 phones of pocketsphinx's acoustic model fits each 10-ms
@@ -55,17 +55,17 @@ def _collect(clip: Path, cache: Path) -> dict[str, np.ndarray]:
     if out.exists():
         data = dict(np.load(out))
         if "cepstra" not in data or "phones" not in data:  # a cache from before these were probed
-            from talkgs.prepare.audio import encode_audio
-            from talkgs.prepare.config import AudioConfig
+            from talkgs.audio.config import AudioConfig
+            from talkgs.audio.features import encode_audio
 
             samples = _speech(clip, data["ref"])
             data["cepstra"] = encode_audio("cepstra", samples, len(data["ref"]), FPS, AudioConfig()).mean(1)
             data["phones"] = _phones(samples)
             np.savez(out, **data)
         return data
+    from talkgs.audio.config import AudioConfig
+    from talkgs.audio.features import encode_audio, feature_times
     from talkgs.eval.lipsync import mouth_openings
-    from talkgs.prepare.audio import encode_audio, feature_times
-    from talkgs.prepare.config import AudioConfig
     from talkgs.utils import media
 
     info = media.probe_video(clip)
@@ -104,7 +104,7 @@ def _phone_posteriors(loglik: np.ndarray, n: int, scale: float, smooth: int) -> 
     frames' two feature times, averaged."""
     from phone_posteriors import HOP, SAMPLE_RATE, WINDOW_CENTRE_S
 
-    from talkgs.prepare.audio import feature_times
+    from talkgs.audio.features import feature_times
 
     summed = np.cumsum(np.pad(loglik, ((smooth + 1, smooth), (0, 0)), mode="edge"), 0)
     z = scale * (summed[2 * smooth + 1:] - summed[:-2 * smooth - 1])  # [T, 42]
@@ -118,8 +118,8 @@ def _phone_posteriors(loglik: np.ndarray, n: int, scale: float, smooth: int) -> 
 def _streamed(clip: Path, data: dict[str, np.ndarray], lookahead_s: float, cache: Path) -> dict[str, np.ndarray]:
     """The clip's ``visemes`` and ``cepstra`` as a stream computes them (``FeatureStream``, 40-ms chunks) with
     ``lookahead_s`` of audio past each block: all-phone decoding over a sliding stretch, not word recognition."""
-    from talkgs.prepare.audio import feature_dim
-    from talkgs.prepare.config import AudioConfig
+    from talkgs.audio.config import AudioConfig
+    from talkgs.audio.features import feature_dim
     from talkgs.render.driver import FeatureStream
 
     out = cache / f"{clip.stem}.stream_{lookahead_s:g}.npz"

@@ -83,10 +83,10 @@ def _add_features(subject: Path, encoders: list[str]) -> None:
     """Compute the ``encoders`` features a subject folder lacks from its audio.wav and list them in subject.json."""
     import numpy as np
 
+    from talkgs.audio.config import AudioConfig
+    from talkgs.audio.features import encode_audio
     from talkgs.data import schema
     from talkgs.data.subject import Subject
-    from talkgs.prepare.audio import encode_audio
-    from talkgs.prepare.config import AudioConfig
 
     sub = Subject(subject)
     manifest = json.loads((subject / schema.MANIFEST).read_text())

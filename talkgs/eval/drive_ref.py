@@ -28,8 +28,8 @@ from pathlib import Path
 
 import numpy as np
 
+from talkgs.audio.features import align_phones
 from talkgs.eval.lipsync import LipSyncConfig, _fill_gaps, bilabial_closures, closure_threshold, mouth_openings
-from talkgs.prepare.audio import align_phones
 
 
 @dataclass(frozen=True)

@@ -11,7 +11,7 @@ from collections.abc import Iterable
 import cv2
 import numpy as np
 
-from talkgs.prepare import topology as topo
+from talkgs.data import topology as topo
 from talkgs.prepare.config import FaceConfig
 from talkgs.prepare.landmarks import FaceMeshDetector
 

@@ -30,8 +30,8 @@ from pathlib import Path
 
 import numpy as np
 
+from talkgs.audio.features import PhoneSegments, align_phones
 from talkgs.errors import TalkgsError
-from talkgs.prepare.audio import PhoneSegments, align_phones
 from talkgs.utils import log, media
 
 #: CMU phones during which the lips close: p, b, m.
@@ -121,7 +121,7 @@ def lipsync_metrics(
     if not face.any():
         raise TalkgsError(f"no face found in any frame of {video}")
 
-    # The audio of a video of T frames is its first T / fps seconds (as in talkgs.prepare.audio).
+    # The audio of a video of T frames is its first T / fps seconds (as in talkgs.audio.features).
     samples = samples[: int(round(num_frames / fps * SAMPLE_RATE))]
     segments, source = align_phones(samples)
     threshold, low, high = closure_threshold(opening, cfg)

@@ -1,7 +1,7 @@
 """Per-frame audio embeddings for the audio-driven deformation: a windowed conv encoder and temporal attention.
 
 Input is the ``audio_<encoder>.npy`` of ``talkgs prepare``: float32 [F, 2, D], two 50 Hz feature steps
-per 25 fps frame (see ``talkgs.prepare.audio`` for the timing convention). Output is one embedding
+per 25 fps frame (see ``talkgs.audio.features`` for the timing convention). Output is one embedding
 [out_dim] per video frame, in two stages after AD-NeRF / ER-NeRF:
 
 0. Standardisation of every feature dimension with statistics of the training sequence

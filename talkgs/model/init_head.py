@@ -15,8 +15,8 @@ from importlib import resources
 
 import numpy as np
 
+from talkgs.data import topology as topo
 from talkgs.data.schema import Label
-from talkgs.prepare import topology as topo
 
 
 @dataclass

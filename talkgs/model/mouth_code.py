@@ -34,9 +34,9 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
+from talkgs.audio.features import VISEMES, feature_times
+from talkgs.data import topology as topo
 from talkgs.model.audio_net import feature_windows
-from talkgs.prepare import topology as topo
-from talkgs.prepare.audio import VISEMES, feature_times
 
 #: Landmarks of the code: both lip contours and the jaw line below the mouth.
 MOUTH_IDS: tuple[int, ...] = tuple(dict.fromkeys(topo.LIPS_OUTER + topo.LIPS_INNER + topo.LOWER_JAW))

@@ -14,8 +14,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from talkgs.data import topology as topo
 from talkgs.errors import TalkgsError
-from talkgs.prepare import topology as topo
 from talkgs.prepare.config import FaceConfig
 from talkgs.utils import log
 

@@ -11,8 +11,8 @@ from __future__ import annotations
 import cv2
 import numpy as np
 
+from talkgs.data import topology as topo
 from talkgs.data.schema import Label
-from talkgs.prepare import topology as topo
 from talkgs.prepare.config import MaskConfig
 from talkgs.prepare.landmarks import quiet_native_logs
 

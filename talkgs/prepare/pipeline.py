@@ -20,9 +20,10 @@ import cv2
 import numpy as np
 
 import talkgs
+from talkgs.audio import features as audio_features
 from talkgs.data import schema
+from talkgs.data.topology import MOTION_CHECK, RIGID
 from talkgs.errors import TalkgsError
-from talkgs.prepare import audio as audio_features
 from talkgs.prepare.background import BackgroundPlate, sample_indices
 from talkgs.prepare.config import PrepareConfig
 from talkgs.prepare.flow import MotionCheck, klt
@@ -30,7 +31,6 @@ from talkgs.prepare.landmarks import FaceMeshDetector, SubjectFollower, choose_c
 from talkgs.prepare.masks import LabelMapper, PersonSegmenter
 from talkgs.prepare.signals import compute_signals
 from talkgs.prepare.sync import energy_envelope, estimate_offset, shift_audio
-from talkgs.prepare.topology import MOTION_CHECK, RIGID
 from talkgs.prepare.tracking import track_head
 from talkgs.utils import log, media
 from talkgs.utils.config import to_dict

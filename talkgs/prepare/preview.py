@@ -9,8 +9,8 @@ from __future__ import annotations
 import cv2
 import numpy as np
 
+from talkgs.data import topology as topo
 from talkgs.data.schema import Label
-from talkgs.prepare import topology as topo
 
 LABEL_COLOURS = {  # RGB
     Label.TORSO: (70, 130, 180),

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from talkgs.prepare import topology as topo
+from talkgs.data import topology as topo
 from talkgs.prepare.config import SignalConfig
 
 

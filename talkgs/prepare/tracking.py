@@ -42,10 +42,10 @@ from dataclasses import dataclass, field
 import cv2
 import numpy as np
 
+from talkgs.data.topology import LEFT_EYE_CORNERS, NUM_LANDMARKS, RIGHT_EYE_CORNERS, RIGID
 from talkgs.errors import TalkgsError
 from talkgs.prepare.config import TrackingConfig
 from talkgs.prepare.flow import fuse_tracks
-from talkgs.prepare.topology import LEFT_EYE_CORNERS, NUM_LANDMARKS, RIGHT_EYE_CORNERS, RIGID
 
 MIN_FRAMES = 5
 """Fewer frames constrain the focal length and the template little beyond their priors, and leave

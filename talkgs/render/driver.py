@@ -27,11 +27,11 @@ import cv2
 import numpy as np
 import torch
 
+from talkgs.audio.config import AudioConfig
 from talkgs.data.frames import pick_device
 from talkgs.errors import TalkgsError
 from talkgs.model.fitted import FittedModel, load_model
 from talkgs.model.talking_head import Deformation
-from talkgs.prepare.config import AudioConfig
 from talkgs.render.forward import draw
 from talkgs.utils import media
 from talkgs.utils.camera import scale_intrinsics
@@ -301,7 +301,7 @@ class TalkingRenderer:
 
     def encode(self, samples: np.ndarray, num_frames: int | None = None) -> torch.Tensor:
         """Audio features [F, 2, D] of float32 16 kHz mono ``samples`` for the head's encoders."""
-        from talkgs.prepare.audio import encode_audio
+        from talkgs.audio.features import encode_audio
 
         n = num_frames or self.num_frames(samples)
         feats = [encode_audio(name, samples, n, self.fps, self.audio_cfg) for name in self.encoders]
@@ -421,7 +421,7 @@ class FeatureStream:
 
     def __init__(self, encoders: tuple[str, ...], fps: float, audio_cfg: AudioConfig,
                  lookahead_s: float | None = None):
-        from talkgs.prepare.audio import MEL_HOP_S, stream_state
+        from talkgs.audio.features import MEL_HOP_S, stream_state
 
         self.encoders, self.fps, self.audio_cfg = tuple(encoders), float(fps), audio_cfg
         self._hop = round(MEL_HOP_S * self.SAMPLE_RATE)
@@ -484,7 +484,7 @@ class FeatureStream:
             self.buffer_start += cut
 
     def _compute(self, lo: int, hi: int) -> None:
-        from talkgs.prepare.audio import encode_span, feature_times
+        from talkgs.audio.features import encode_span, feature_times
 
         times = feature_times(hi, self.fps)[lo:hi].reshape(-1)  # [2 (hi - lo)]
         parts = [encode_span(e, self.buffer, self.buffer_start / self.SAMPLE_RATE, times, self.audio_cfg,

@@ -10,13 +10,13 @@ from __future__ import annotations
 import numpy as np
 import torch
 
+from talkgs.data import topology as topo
 from talkgs.data.frames import Batch, label_mask, label_table
 from talkgs.data.schema import HEAD_LABELS, Label
 from talkgs.model.gaussians import PARAM_NAMES, GaussianModel
 from talkgs.model.losses import dssim, masked_l1, psnr
 from talkgs.model.motion import MotionDeltas
 from talkgs.model.talking_head import TalkingHead
-from talkgs.prepare import topology as topo
 from talkgs.render.forward import FrameOutput, render_frames
 from talkgs.train.config import StageConfig
 from talkgs.train.context import FitContext

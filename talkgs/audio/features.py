@@ -32,9 +32,9 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from talkgs.audio import cepstra
+from talkgs.audio.config import AudioConfig
 from talkgs.errors import TalkgsError
-from talkgs.prepare import cepstra
-from talkgs.prepare.config import AudioConfig
 from talkgs.utils import log, media
 
 ENCODERS: tuple[str, ...] = ("mel", "phonemes", "visemes", "cepstra", "hubert", "wav2vec2")
@@ -463,7 +463,7 @@ def align_phones(samples: np.ndarray) -> tuple[PhoneSegments, str]:
     First pocketsphinx recognises the words (bundled en-us acoustic model, its default language
     model and dictionary), then force-aligns those words to get phone times: this finds far more
     p/b/m than all-phone decoding, which drops short phones. When no words are recognised or the
-    alignment fails, all-phone decoding (``talkgs.prepare.audio.phone_segments``) is the fallback.
+    alignment fails, all-phone decoding (``talkgs.audio.features.phone_segments``) is the fallback.
 
     Returns (segments, "forced_alignment" | "allphone").
     """
