@@ -34,6 +34,12 @@ step "installing $(basename "$wheel") into a fresh venv"
 site_fresh=$("$tmp/venv/bin/python" -c 'import sysconfig; print(sysconfig.get_path("purelib"))')
 site_deps=$("$venv_python" -c 'import sysconfig; print(sysconfig.get_path("purelib"))')
 echo "$site_deps" > "$site_fresh/_talkgs_check_deps.pth"
+# pyproject lists the packages (configs/ ships as talkgs.configs): every module and preset must be in the wheel.
+missing=$(cd "$tmp/src" && for f in talkgs/*.py talkgs/*/*.py configs/*; do
+    dest=$site_fresh/${f/#configs/talkgs/configs}
+    [ -f "$dest" ] || echo "$f"
+done)
+[ -z "$missing" ] || { echo "check_wheel: FAIL: not in the wheel (pyproject's packages?):" $missing >&2; exit 1; }
 
 mkdir "$tmp/run"
 cd "$tmp/run"

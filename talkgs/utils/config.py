@@ -1,6 +1,6 @@
 """Typed dataclass configs read from and written to YAML.
 
-Dataclass defaults are the source of truth; a preset (talkgs/configs/*.yaml, package data read with
+Dataclass defaults are the source of truth; a preset (configs/*.yaml, package data read with
 importlib.resources, or $TALKGS_CONFIGS/*.yaml) or a saved run config only lists the fields it
 changes. Unknown keys and values of the wrong type are refused with one readable line, so a typo in
 a preset never silently falls back to a default.
@@ -36,10 +36,10 @@ T = TypeVar("T")
 
 
 def preset_dir() -> Any:  # a Path or an importlib.resources Traversable
-    """Where named presets live: $TALKGS_CONFIGS, else the package's own talkgs/configs/ (package data,
-    so an installed wheel has them too)."""
+    """Where named presets live: $TALKGS_CONFIGS, else the package talkgs.configs (configs/ in the checkout,
+    package data, so an installed wheel has them too)."""
     env = os.environ.get("TALKGS_CONFIGS")
-    return Path(env) if env else importlib.resources.files("talkgs") / "configs"
+    return Path(env) if env else importlib.resources.files("talkgs.configs")
 
 
 def preset_names() -> list[str]:
