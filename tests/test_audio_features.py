@@ -222,14 +222,14 @@ def test_phones_on_shared_speech(name):
 
 
 def test_probe_phone_scores_agree_with_pocketsphinx(speech):
-    """tools/phone_posteriors.py recomputes the acoustic model's frame scores in numpy: its best phone per
+    """tools/research/phone_posteriors.py recomputes the acoustic model's frame scores in numpy: its best phone per
     speech frame must agree with pocketsphinx's forced alignment far above chance, and the agreement must
     depend on matching the model's front end (its lifter)."""
-    sys.path.insert(0, str(REPO / "tools"))
+    sys.path.insert(0, str(REPO / "tools" / "research"))
     try:
         import phone_posteriors as pp
     finally:
-        sys.path.remove(str(REPO / "tools"))
+        sys.path.remove(str(REPO / "tools" / "research"))
     segments, how = audio.align_phones(speech)
     assert how == "forced_alignment"
     scores, names = pp.phone_loglik(speech)  # [T, 42, 3]

@@ -12,7 +12,7 @@ with other speakers' real mouths from 0.43 to 0.36. Two things make the cepstra 
   (``POPULATION_S``);
 - the speech model pools the subject's frames with those other speakers' (``MouthCodeConfig.prior``).
 
-Measured before rendering (``tools/probe_mouth_evidence.py``, the anchor's ridge regression pooled with
+Measured before rendering (``tools/research/probe_mouth_evidence.py``, the anchor's ridge regression pooled with
 the public-domain prior, six speakers the prior does not contain): the predicted opening correlates with
 their real mouths at a median 0.52 with these cepstra beside the visemes, against 0.47 from the visemes
 alone (docs/lip_sync.md).

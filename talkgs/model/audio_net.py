@@ -44,7 +44,7 @@ class AudioNetConfig:
     2 * window + 1 frames, i.e. 2 * (2 * window + 1) feature steps (4 -> 9 frames / 18 steps, 360 ms).
     Causal: the 2 * window + 1 frames ending at the current one. ER-NeRF's 16-frame window overfits a
     clip of a minute or less: on the demo subject, mouth opening predicted from mel has a held-out
-    correlation of 0.45 with window 8 and 0.58 with window 4 (tools/probe_audio.py,
+    correlation of 0.45 with window 8 and 0.58 with window 4 (tools/research/probe_audio.py,
     docs/talking_head.md)."""
     hidden: int = 64
     """Channels of the encoder's conv layers and width of its MLP."""

@@ -21,7 +21,7 @@
   voice: measured before rendering on six speakers none of these clips contains, a ridge regression's
   predicted opening correlates with their real mouths at 0.469 from the visemes (0.433 from the anchor alone)
   and 0.525 with the cepstra beside them (0.382 from the anchor alone: without other voices the cepstra learn
-  the subject's) (``tools/probe_mouth_evidence.py``, docs/lip_sync.md).
+  the subject's) (``tools/research/probe_mouth_evidence.py``, docs/lip_sync.md).
 """
 
 from __future__ import annotations

@@ -50,7 +50,8 @@ class HeadConfig:
     speaker-normalised cepstra (docs/lip_sync.md, fifth round). For the direct path log-mel alone (``[mel]``)
     predicts held-out mouth opening best of the encoders available without downloaded weights: the phone
     one-hots are too often wrong on a short clip, and adding them cuts the held-out correlation on the demo
-    subject from 0.58 to 0.20 (tools/probe_audio.py). HuBERT, where its weights exist, is the stronger choice."""
+    subject from 0.58 to 0.20 (tools/research/probe_audio.py). HuBERT, where its weights exist, is the stronger
+    choice."""
     audio: AudioNetConfig = field(default_factory=AudioNetConfig)
     motion: MotionFieldConfig = field(default_factory=lambda: MotionFieldConfig(
         hashgrid=HashGridConfig(levels=8, log2_table=12, max_resolution=256)))

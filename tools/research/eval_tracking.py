@@ -8,7 +8,7 @@ the tracker runs again on the subject's saved landmarks. The variants are then c
 - **rotation step:** the median and 99th percentile of the frame-to-frame rotation, in degrees;
 - **RMSE:** the reprojection error against MediaPipe's rigid landmarks.
 
-    python tools/eval_tracking.py demo_subject [more subjects ...]
+    python tools/research/eval_tracking.py demo_subject [more subjects ...]
 """
 
 from __future__ import annotations

@@ -1,6 +1,6 @@
 """Close-ups of the mouth on held-out frames: ground truth | fitted head without motion | with motion.
 
-    python tools/mouth_strip.py SUBJECT_DIR -o docs/images/mouth_strip.png [--frames 8] [--zoom 4]
+    python tools/research/mouth_strip.py SUBJECT_DIR -o docs/images/mouth_strip.png [--frames 8] [--zoom 4]
 
 The frames are spread over the held-out split's range of mouth opening (closed to widest), so the strip
 shows whether the model opens the mouth when the speaker does. Crops are centred on the tracked lips.

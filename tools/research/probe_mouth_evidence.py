@@ -1,6 +1,6 @@
 """How far can speech evidence carry a mouth before any rendering? Other speakers' real mouths as the truth.
 
-    python tools/probe_mouth_evidence.py [--features V,VC,VPC] [--stream 1,0.25] [--window 5] [--ridge 10]
+    python tools/research/probe_mouth_evidence.py [--features V,VC,VPC] [--stream 1,0.25] [--window 5] [--ridge 10]
 
 For the longest clip of every speaker in ../shared/data/video it reads, once (cached as .npz):
 
@@ -11,7 +11,7 @@ For the longest clip of every speaker in ../shared/data/video it reads, once (ca
 - formants F1 and F2 (F) and the intensity (I) from Praat (``praat-parselmouth``, needed only for F and I),
   each normalised per clip, so that a voice's own range does not count;
 - phone posteriors (P): how well each of the 42 phones of pocketsphinx's acoustic model fits each 10-ms
-  frame (``tools/phone_posteriors.py``), smoothed over +-``--phone-smooth`` frames, as posteriors at a
+  frame (``tools/research/phone_posteriors.py``), smoothed over +-``--phone-smooth`` frames, as posteriors at a
   temperature of 1 / ``--phone-scale``, at the frames' feature times.
 
 Then a ridge regression over +-window frames of the chosen evidence predicts the z-scored opening, and the
@@ -35,11 +35,14 @@ from __future__ import annotations
 
 import argparse
 import json
+import sys
 from pathlib import Path
 
 import numpy as np
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
+# bench_lip_sync, imported below, lives one folder up in tools/.
+sys.path.append(str(ROOT / "tools"))
 FPS = 25.0
 SUBJECT = "anchor"
 

@@ -7,7 +7,7 @@ stages retrain only their colours and opacities), initialises a new mouth branch
 every stage after ``static`` of the preset, with an optional YAML override of the ``fit`` section. OUT_DIR can then be
 scored with ``talkgs eval OUT_DIR``.
 
-    python tools/refit_motion.py demo demo_mel4 --preset cpu --override mel4.yaml
+    python tools/research/refit_motion.py demo demo_mel4 --preset cpu --override mel4.yaml
 """
 
 from __future__ import annotations

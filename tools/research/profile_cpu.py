@@ -1,6 +1,6 @@
 """Where a CPU fit spends its time: every stage of the cpu preset, shortened, under the torch profiler.
 
-    python tools/profile_cpu.py SUBJECT_DIR [--resolution 256] [--steps 40] [--out docs/benchmarks/profile.json]
+    python tools/research/profile_cpu.py SUBJECT_DIR [--resolution 256] [--steps 40] [--out OUT.json]
 
 SUBJECT_DIR is a prepared subject (``talkgs prepare``); it is copied (frames and tracking, not its fit) into a
 temporary folder and fitted there with the cpu preset at ``--resolution``, each stage cut to ``--steps``
@@ -56,7 +56,8 @@ def main() -> None:
     estimate = sum(per_it[s.name] * s.iterations for s in preset.stages)
     table = prof.key_averages().table(sort_by="self_cpu_time_total", row_limit=args.rows, max_name_column_width=36)
     result = {
-        "command": f"python tools/profile_cpu.py {args.subject} --resolution {args.resolution} --steps {args.steps}",
+        "command": f"python tools/research/profile_cpu.py {args.subject} --resolution {args.resolution} "
+                   f"--steps {args.steps}",
         "compiled_kernels": kernels, "torch_threads": torch.get_num_threads(), "resolution": args.resolution,
         "seconds_per_iteration": {k: round(v, 4) for k, v in per_it.items()},
         "preset_iterations": {s.name: s.iterations for s in preset.stages},

@@ -14,7 +14,7 @@ so this module reads the model files that ship in the wheel and recomputes them:
 - each CI senone's log-likelihood: log-sum over its codebook's 128 Gaussians of the 8-bit quantised mixture
   weight plus the Gaussian's log density, summed over the three feature streams.
 
-Used by ``tools/probe_mouth_evidence.py`` (evidence letter P). Measured there before any rendering, beside
+Used by ``tools/research/probe_mouth_evidence.py`` (evidence letter P). Measured there before any rendering, beside
 the code path's evidence (docs/lip_sync.md, ninth round); not part of talkgs.
 """
 

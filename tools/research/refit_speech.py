@@ -1,6 +1,6 @@
 """Refit a code-path subject's speech model in closed form (its Gaussians and fields unchanged), then drive it.
 
-    python tools/refit_speech.py FITTED_SUBJECT OUT_DIR [--prior] [--prior-weight 1.0] [--encoders visemes,cepstra]
+    python tools/research/refit_speech.py FITTED_SUBJECT OUT_DIR [--prior] [--prior-weight 1.0] [--encoders E,E]
 
 Copies FITTED_SUBJECT (a code-path fit, e.g. outputs/bench256/anchor_code) to OUT_DIR, solves its speech model
 again with ``MouthCodeConfig.prior`` / ``prior_weight`` as given (the fields train on tracked codes and never
@@ -18,7 +18,11 @@ import argparse
 import dataclasses
 import json
 import shutil
+import sys
 from pathlib import Path
+
+# bench_lip_sync, imported below, lives one folder up in tools/.
+sys.path.append(str(Path(__file__).resolve().parents[1]))
 
 
 def main() -> None:

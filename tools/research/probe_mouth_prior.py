@@ -1,22 +1,25 @@
 """The speech model with the public-domain prior (``head.code.prior``) per ``prior_weight``, before rendering.
 
-    python tools/probe_mouth_prior.py [--weights 0,0.25,0.5,1] [--cache outputs/evidence]
+    python tools/research/probe_mouth_prior.py [--weights 0,0.25,0.5,1] [--cache outputs/evidence]
 
 For the demo and the anchor subjects as ``tools/bench_lip_sync.py`` prepares them (WORK/<subject>_code, with the
 ``visemes`` features), fits the mouth code on the training frames and the speech model with the prior at each
 weight, and reports the predicted opening's correlation with the tracked one on the held-out split, and with the
 real mouths of the speakers that have no public-domain clip (their evidence from
-``tools/probe_mouth_evidence.py``'s cache, best lag within +-5 frames).
+``tools/research/probe_mouth_evidence.py``'s cache, best lag within +-5 frames).
 """
 
 from __future__ import annotations
 
 import argparse
+import sys
 from pathlib import Path
 
 import numpy as np
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
+# bench_lip_sync, imported below, lives one folder up in tools/.
+sys.path.append(str(ROOT / "tools"))
 
 
 def main() -> None:

@@ -5,7 +5,7 @@ linear read-out is trained to regress the tracked mouth opening (``signals.npz``
 frames, and the correlation on held-out frames is reported, cross-validated over K contiguous blocks
 of the clip (a 10-frame guard either side of each block keeps the windows from seeing it).
 
-    python tools/probe_audio.py SUBJECT_DIR --variant mel:8:8 --variant mel:4:4 --variant mel,phonemes:4:4
+    python tools/research/probe_audio.py SUBJECT_DIR --variant mel:8:8 --variant mel:4:4 --variant mel,phonemes:4:4
 
 A variant is ENCODERS:WINDOW:ATTENTION_FRAMES. Deterministic for a given --seed.
 """

@@ -1,7 +1,7 @@
 """How faithfully does a code-path fit draw a mouth code? Frames rendered from their own tracked code and pose.
 
-    python tools/probe_code_fidelity.py FITTED_SUBJECT [FITTED_SUBJECT ...] [--train-frames 160] [--json OUT]
-    python tools/probe_code_fidelity.py --bench docs/benchmarks/lip_sync_anchor_code_jaw_256.json
+    python tools/research/probe_code_fidelity.py FITTED_SUBJECT [FITTED_SUBJECT ...] [--train-frames 160] [--json OUT]
+    python tools/research/probe_code_fidelity.py --bench docs/benchmarks/lip_sync_anchor_code_jaw_256.json
 
 Each fitted subject (``head.drive: code``) renders an even sample of its training frames and all of its held-out
 frames with the frame's own tracked mouth code (not speech), pose, blinks and torso, and MediaPipe reads the
@@ -28,21 +28,25 @@ video's own tracked mouth at render time, so none of its figures is a lip-sync r
 
 ``--bench``: for a ``tools/bench_lip_sync.py`` result of a code-path fit, splits each speech-driven figure into its
 two links: the speech model's predicted opening against the driver's real mouth (before rendering; the driver's
-evidence from ``tools/probe_mouth_evidence.py``'s cache) and the rendered opening against that prediction, and
-gives the closure events (recall, precision) of the prediction and of the render. ``--speech-from FIT``: the
-prediction of another fit's speech model (e.g. one solved again by ``tools/refit_speech.py``) on the same clips.
+evidence from ``tools/research/probe_mouth_evidence.py``'s cache) and the rendered opening against that prediction,
+and gives the closure events (recall, precision) of the prediction and of the render. ``--speech-from FIT``: the
+prediction of another fit's speech model (e.g. one solved again by ``tools/research/refit_speech.py``) on the same
+clips.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import sys
 from pathlib import Path
 
 import numpy as np
 
 PERCENTILES = (5, 25, 50, 75, 95)
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
+# bench_lip_sync, imported below, lives one folder up in tools/.
+sys.path.append(str(ROOT / "tools"))
 
 
 def _percentiles(x: np.ndarray) -> dict[str, float]:
