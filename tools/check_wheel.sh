@@ -36,7 +36,7 @@ site_deps=$("$venv_python" -c 'import sysconfig; print(sysconfig.get_path("purel
 echo "$site_deps" > "$site_fresh/_talkgs_check_deps.pth"
 # pyproject lists the packages (configs/ ships as talkgs.configs): every module and preset must be in the wheel.
 missing=$(cd "$tmp/src" && for f in talkgs/*.py talkgs/*/*.py configs/*; do
-    dest=$site_fresh/${f/#configs/talkgs/configs}
+    case $f in configs/*) dest=$site_fresh/talkgs/$f ;; *) dest=$site_fresh/$f ;; esac
     [ -f "$dest" ] || echo "$f"
 done)
 [ -z "$missing" ] || { echo "check_wheel: FAIL: not in the wheel (pyproject's packages?):" $missing >&2; exit 1; }
