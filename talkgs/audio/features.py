@@ -32,12 +32,12 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from talkgs.audio import cepstra
+from talkgs.audio import cepstra, whisper
 from talkgs.audio.config import AudioConfig
 from talkgs.errors import TalkgsError
 from talkgs.utils import log, media
 
-ENCODERS: tuple[str, ...] = ("mel", "phonemes", "visemes", "cepstra", "hubert", "wav2vec2")
+ENCODERS: tuple[str, ...] = ("mel", "phonemes", "visemes", "cepstra", "whisper", "hubert", "wav2vec2")
 
 #: Phone set of the ``phonemes`` one-hot: SIL (silence, breath, noise and other fillers), then the
 #: 39 CMU phones of pocketsphinx's en-us acoustic model.
@@ -174,6 +174,8 @@ def encode_audio(
         feats = encode_span(name, audio, 0.0, times, cfg, sample_rate)  # in order, from a fresh state
     elif name in ("mel", "phonemes"):
         feats = _chunked(name, audio, times, cfg, sample_rate)
+    elif name == "whisper":
+        feats = whisper.whisper_features(audio, times, cfg)  # windows of its own
     else:
         feats = _checkpoint_features(name, audio, times, cfg)  # windows of its own
     return np.ascontiguousarray(feats, dtype=np.float32).reshape(num_frames, 2, -1)  # [F, 2, D]
@@ -231,6 +233,8 @@ def encode_span(
     elif name == "visemes":
         # A stream sees a short stretch, too short for word recognition: all-phone decoding.
         feats = _viseme_features(phone_segments(samples, sample_rate), samples, start_s, np.asarray(times), sample_rate)
+    elif name == "whisper":
+        feats = whisper.whisper_features(samples, rel, cfg, pad=False)
     else:
         feats = _checkpoint_features(name, samples, rel, cfg)
     return np.ascontiguousarray(feats, dtype=np.float32)
@@ -254,6 +258,8 @@ def feature_dim(name: str, cfg: AudioConfig) -> int:
         return len(PHONES)
     if name == "visemes":
         return len(VISEMES) + 1
+    if name == "whisper":
+        return whisper.feature_dim(cfg)
     from transformers import AutoConfig
 
     ckpt = _CHECKPOINTS[name]
@@ -318,7 +324,7 @@ def _fit_length(samples: np.ndarray, length: int) -> np.ndarray:
     return out
 
 
-def _resample_linear(native_times: np.ndarray, feats: np.ndarray, times: np.ndarray) -> np.ndarray:
+def resample_linear(native_times: np.ndarray, feats: np.ndarray, times: np.ndarray) -> np.ndarray:
     """Linear interpolation of feats [N, D] at increasing native_times [N] to times [T]: [T, D].
 
     Times outside the native range take the nearest native step.
@@ -350,7 +356,7 @@ def _log_mel(audio: np.ndarray, times: np.ndarray, n_mels: int, sample_rate: int
         power=2.0, center=True, pad_mode="constant", mel_filters=filters, mel_floor=MEL_FLOOR,
         log_mel="log",
     ).T[:steps]  # [N, n_mels]
-    return _resample_linear(np.arange(steps) * hop / sample_rate, mel, times)
+    return resample_linear(np.arange(steps) * hop / sample_rate, mel, times)
 
 
 def _phone_decoder():
@@ -454,7 +460,7 @@ def _checkpoint_features(name: str, audio: np.ndarray, times: np.ndarray, cfg: A
             out = getattr(model(window), output)[0]  # [steps in window, D]
             parts.append(out[a - lo : b - lo].float().cpu().numpy())
     feats = np.concatenate(parts)  # [N, D]
-    return _resample_linear((np.arange(steps) * stride + field / 2) / sr, feats, times)
+    return resample_linear((np.arange(steps) * stride + field / 2) / sr, feats, times)
 
 
 def align_phones(samples: np.ndarray) -> tuple[PhoneSegments, str]:
