@@ -79,6 +79,21 @@ def fitted(demo_subject, tmp_path_factory) -> tuple[Path, dict]:
 
 
 @pytest.fixture(scope="session")
+def fitted_direct(demo_subject, tmp_path_factory) -> tuple[Path, dict]:
+    """The demo subject fitted with the tiny preset on TalkingGaussian's direct path (audio nets on log-mel)."""
+    import shutil
+
+    from talkgs.train.config import FitConfig
+    from talkgs.train.trainer import Trainer
+    from talkgs.utils.config import merge
+
+    root = tmp_path_factory.mktemp("fitted_direct") / "demo"
+    shutil.copytree(demo_subject[0], root, ignore=shutil.ignore_patterns("preview", "fit"))
+    cfg = merge(load_section(FitConfig, "tiny", "fit"), {"head": {"drive": "audio", "audio_encoders": ["mel"]}})
+    return root, Trainer(root, cfg).run()
+
+
+@pytest.fixture(scope="session")
 def wide_subject(tmp_path_factory) -> tuple[Path, dict]:
     """The wide 960x540 shot (not square) prepared with the tiny preset."""
     from talkgs.prepare.pipeline import prepare

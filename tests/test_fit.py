@@ -182,14 +182,15 @@ def test_eval_report_and_side_by_side_video(fitted, tmp_path, capsys):
     video = tmp_path / "sbs.mp4"
     assert main(["--quiet", "eval", str(root), "--json", str(out), "--video", str(video)]) == 0
     report = json.loads(out.read_text())
-    for key in ("psnr", "ssim", "lpips", "lmd_px", "mouth_open_corr", "blink_agreement"):
+    for key in ("psnr", "ssim", "lpips", "lmd_px", "mouth_open_corr", "mouth_open_spread", "blink_agreement"):
         assert key in report
+    assert report["mouth_open_spread"] > 0
     assert report["lpips"] is None  # no LPIPS weights on this machine
     assert 20 < report["psnr"] < 50 and 0 < report["ssim"] <= 1
     assert report["landmark_frames"] >= 40 and 0 < report["lmd_px"] < 20
     # The baseline without motion is rendered from the same Gaussians: the same head, another mouth.
     base = report["no_motion"]
-    assert set(base) == {"psnr_head", "psnr_mouth", "lmd_px", "mouth_open_corr"}
+    assert set(base) == {"psnr_head", "psnr_mouth", "lmd_px", "mouth_open_corr", "mouth_open_spread"}
     assert abs(base["psnr_head"] - report["psnr_head"]) < 3 and base["psnr_mouth"] != report["psnr_mouth"]
     info = media.probe_video(video)
     assert info.has_audio and info.width == 3 * 64 and abs(info.duration - 45 / 25) < 0.1
@@ -220,7 +221,7 @@ def test_every_stage_runs_and_the_head_reloads(fitted):
     model = load_model(root)
     head = model.head
     tensors = head.tensors()
-    assert head.audio_face.encoder.dim_in == 80  # mel
+    assert head.cfg.drive == "code" and head.speech.dim_in == 512  # the default: Whisper's features
     assert head.mouth.num_gaussians == report["mouth_gaussians"] and head.cfg == tiny_fit().head
     assert model.draws == {"mouth": True, "face_motion": True, "mouth_motion": True}
     # The face stage trained the face motion field: its offsets are no longer zero.

@@ -26,10 +26,10 @@ def test_dry_run_fits_until_interrupted_exports_and_benchmarks(demo_subject, tmp
     report = json.loads((out / "gpu.json").read_text())
     steps = report["steps"]
     assert report["dry_run"] and report["gpu"] is None and steps["setup"]["builds"].startswith("skipped")
-    # The fits ran the mouth-code path (the default --drive) over the tiny preset, which pins the direct path.
+    # The fits ran the mouth-code path (the default --drive) on Whisper's features.
     assert report["drive"] == "code"
     fit_cfg = load_yaml(work / "full" / "fit" / "config.yaml")["head"]
-    assert fit_cfg["drive"] == "code" and fit_cfg["audio_encoders"] == ["visemes", "cepstra"]
+    assert fit_cfg["drive"] == "code" and fit_cfg["audio_encoders"] == ["whisper"]
     assert set(steps["slice"]["it_per_s"]) == {"static", "mouth", "face", "fuse"}
     fit = steps["fit"]
     assert fit["exit"] != 0 and fit["finished"] is False and fit["current_stage"]["name"] == "static"

@@ -42,7 +42,7 @@ def test_demo_folder_is_complete_and_consistent(demo_subject):
     assert s.signals["expression"].shape == (s.num_frames, 5)
     samples, sr = s.audio()
     assert sr == 16000 and len(samples) == round(s.num_frames / 25 * 16000)
-    assert sorted(s.audio_encoders) == ["cepstra", "mel", "phonemes", "visemes"]
+    assert sorted(s.audio_encoders) == ["cepstra", "mel", "phonemes", "visemes", "whisper"]
     for enc in s.audio_encoders:
         feats = s.audio_features(enc)
         assert feats.shape[:2] == (s.num_frames, 2) and np.isfinite(feats).all()

@@ -1,21 +1,22 @@
-"""Lip sync against real mouths, both drive paths: the benchmark behind docs/lip_sync.md.
+"""Lip sync against real mouths, every drive path: the benchmark behind docs/lip_sync.md.
 
-    python tools/bench_lip_sync.py [--subjects demo,anchor] [--paths audio,code] [--work outputs/bench]
+    python tools/bench_lip_sync.py [--subjects demo,anchor] [--paths audio,code,visemes] [--work outputs/bench]
                                    [--out docs/benchmarks/lip_sync.json] [--strip-driver noem_en_18s_256]
 
 For each subject (the demo clip in assets/, the 71 s anchor clip of ../shared/data) and each drive path
-(``audio``: TalkingGaussian's direct audio nets; ``code``: the mouth code and its speech model on the
-``visemes`` and ``cepstra`` evidence), it
-prepares and fits the subject with the cpu preset (skipped when WORK/<subject>_<path> holds a fit), then:
+(``audio``: TalkingGaussian's direct audio nets; ``code``: the mouth code and its speech model on Whisper's
+features, the default; ``visemes``: the code path on pocketsphinx's visemes and the normalised cepstra, the
+default until session 13), it prepares and fits the subject with the cpu preset (skipped when
+WORK/<subject>_<path> holds a fit), then:
 
-- drives it with one real talking video of every other speaker in ../shared/data (their soundtracks
+- drives it with the longest clip of every other speaker in ../shared/data, video/ and speakers/ (their soundtracks
   through the model's audio path) and compares the mouths MediaPipe sees in the render and in that
   video (``talkgs eval --drive-ref``), each figure beside its chance level; a code-path speech model
   pooled with the prior (``head.code.prior``) has heard the public-domain speakers (Obama, Reagan), so
   they do not drive it (the result's ``drivers_left_out``);
 - on the code path also drives it with those videos' tracked mouths (``talkgs render --drive``);
-- evaluates the held-out split self-driven (``talkgs eval``: mouth_open_corr, LMD, mouth and head PSNR,
-  each beside the same Gaussians without motion).
+- evaluates the held-out split self-driven (``talkgs eval``: mouth_open_corr, the opening's spread, LMD, mouth
+  and head PSNR, each beside the same Gaussians without motion).
 
 For the first --strip-driver clip it also writes docs/images/lip_sync_<subject>_<path>_strip.png: the
 driver's real mouth above, the rendered mouth below, on the same frames (spread from its most closed to
@@ -31,15 +32,18 @@ from __future__ import annotations
 
 import argparse
 import json
+import re
 import shutil
 from pathlib import Path
 
 import numpy as np
 
 ROOT = Path(__file__).resolve().parents[1]
-SHARED = ROOT.parent / "shared" / "data" / "video"
+DATA = ROOT.parent / "shared" / "data"
+SHARED = DATA / "video"
 SUBJECTS = {"demo": ROOT / "assets" / "obama2010_pd_en_20s_256.mp4", "anchor": SHARED / "anchor_en_71s_512.mp4"}
-#: Who speaks in each clip of ../shared/data/video: a subject is never driven by its own speaker.
+#: Who speaks in each clip of ../shared/data/video (speakers/ names its speaker in the file name): a subject is
+#: never driven by its own speaker.
 SPEAKER = {
     "anchor_en_71s_512": "anchor", "feifeili_en_10s_256": "feifeili", "feifeili_en_15s_256": "feifeili",
     "hdtf_katiehill_8s_512": "katiehill", "noem_en_18s_256": "noem", "obama2010_pd_en_20s_256": "obama",
@@ -50,18 +54,31 @@ SPEAKER = {
 SUBJECT_SPEAKER = {"demo": "obama", "anchor": "anchor"}
 #: Speakers of the public-domain clips, which talkgs/data/mouth_prior.npz holds (``head.code.prior``).
 PRIOR_SPEAKERS = {SPEAKER[c] for c in SPEAKER if "_pd_" in c}
-#: Fit settings per drive path, over the cpu preset.
+#: Fit settings per drive path, over the cpu preset: the code path as it is by default (Whisper's features), as
+#: it was until session 13 (pocketsphinx's visemes and the normalised cepstra, with that evidence's window and
+#: ridge), and TalkingGaussian's direct path.
 PATH_OVERRIDES = {"audio": {"head": {"drive": "audio", "audio_encoders": ["mel"]}},
-                  "code": {"head": {"drive": "code", "audio_encoders": ["visemes", "cepstra"]}}}
+                  "code": {"head": {"drive": "code", "audio_encoders": ["whisper"]}},
+                  "visemes": {"head": {"drive": "code", "audio_encoders": ["visemes", "cepstra"],
+                                       "code": {"window": 5, "ridge": 10.0}}}}
 
 
-def longest_clips() -> dict[str, Path]:
-    """The longest clip of every speaker in ../shared/data/video, by speaker."""
+def speaker_of(clip: Path) -> str | None:
+    """The speaker of a clip of ../shared/data (video/: ``SPEAKER``; speakers/: <source>_<name>_<lang>_<len>_<px>)."""
+    if clip.parent.name == "speakers":
+        match = re.match(r"^[a-z0-9]+_(.*)_[a-z]+_\d+s_\d+$", clip.stem)
+        return match.group(1) if match else None
+    return SPEAKER.get(clip.stem)
+
+
+def longest_clips(folders: tuple[str, ...] = ("video", "speakers")) -> dict[str, Path]:
+    """The longest clip of every speaker in those folders of ../shared/data, by speaker (video/ alone: the 9
+    speakers of issue 13's benchmark; with speakers/: 33 people)."""
     from talkgs.utils import media
 
     best: dict[str, tuple[float, Path]] = {}
-    for clip in sorted(SHARED.glob("*.mp4")):
-        speaker = SPEAKER.get(clip.stem)
+    for clip in sorted(c for folder in folders for c in (DATA / folder).glob("*.mp4")):
+        speaker = speaker_of(clip)
         if speaker is None:
             continue
         duration = media.probe_video(clip).duration
@@ -70,9 +87,10 @@ def longest_clips() -> dict[str, Path]:
     return {s: best[s][1] for s in sorted(best)}
 
 
-def drivers(subject: str, exclude: set[str] | frozenset[str] = frozenset()) -> list[Path]:
+def drivers(subject: str, exclude: set[str] | frozenset[str] = frozenset(),
+            folders: tuple[str, ...] = ("video", "speakers")) -> list[Path]:
     """The longest clip of every speaker other than the subject's and those in ``exclude``."""
-    return [clip for speaker, clip in longest_clips().items()
+    return [clip for speaker, clip in longest_clips(folders).items()
             if speaker != SUBJECT_SPEAKER[subject] and speaker not in exclude]
 
 
@@ -183,7 +201,7 @@ def run_one(subject: str, path: str, work: Path, seed: int, strip_driver: str | 
                     "fit_seconds": round(sum(s.get("seconds", 0.0) for s in fit_report["stages"].values())),
                     "held_out": held_out, "mouth_code": fit_report.get("mouth_code"),
                     "drivers_left_out": sorted(left_out), "drive": {}}
-    for mode in ("audio", "video") if path == "code" else ("audio",):
+    for mode in ("audio", "video") if path != "audio" else ("audio",):
         rows = []
         for video in drivers(subject, left_out):
             r = evaluate_drive_ref(root, video, drive=mode)
@@ -209,7 +227,8 @@ def table(results: list[dict]) -> str:
     """The markdown table of docs/lip_sync.md."""
     lines = ["| subject | path | driven by | aperture corr (chance) | lag | closure recall (chance) | "
              "closure precision (chance) | p/b/m closed (real footage) | held-out mouth_open_corr (no motion) | "
-             "LMD px (no motion) | mouth PSNR (no motion) | head PSNR (no motion) |", "|" + "---|" * 12]
+             "held-out spread (no motion) | LMD px (no motion) | mouth PSNR (no motion) | head PSNR (no motion) |",
+             "|" + "---|" * 13]
     for r in results:
         h, still = r["held_out"], r["held_out"].get("no_motion") or {}
         for mode, d in r["drive"].items():
@@ -220,7 +239,8 @@ def table(results: list[dict]) -> str:
                 f"{m['closure_recall']} ({c['closure_recall']}) | "
                 f"{m['closure_precision']} ({c['closure_precision']}) | "
                 f"{m['bilabial_closure']} ({m['bilabial_closure_reference']}) | "
-                f"{h.get('mouth_open_corr')} ({still.get('mouth_open_corr')}) | {h.get('lmd_px')} "
+                f"{h.get('mouth_open_corr')} ({still.get('mouth_open_corr')}) | "
+                f"{h.get('mouth_open_spread')} ({still.get('mouth_open_spread')}) | {h.get('lmd_px')} "
                 f"({still.get('lmd_px')}) | {h.get('psnr_mouth')} ({still.get('psnr_mouth')}) | "
                 f"{h.get('psnr_head')} ({still.get('psnr_head')}) |")
     return "\n".join(lines)

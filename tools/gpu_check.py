@@ -26,8 +26,8 @@ fit_seconds, fit_seconds_kind, psnr, peak_gpu_mem_gb, model_mb, and each step's 
 fits the device tool's 16-MB file limit, the model split into OUT_DIR/model.safetensors.part-* so that
 LMD, which needs MediaPipe, can be measured on the machine that has it (``talkgs eval``).
 
-The fits use ``--preset`` with the motion fields driven the ``--drive`` way (default ``code``: the mouth code, the
-default drive of talkgs, which the quality preset pins to the direct path until a GPU has fitted it).
+The fits use ``--preset`` with the motion fields driven the ``--drive`` way (default ``code``: the mouth code read
+from Whisper's features, the default drive of talkgs; ``audio``: the direct path the H200 check timed).
 
 --dry-run runs the same steps on CPU with the tiny preset and a few iterations (tests/test_gpu_check.py),
 so the first device minute is not the script's first run.
@@ -181,7 +181,7 @@ def tests(run: Run) -> None:
 
 
 #: ``--drive``: what moves the motion fields in the check's fits, over the preset's own head settings.
-DRIVES = {"code": {"drive": "code", "audio_encoders": ["visemes", "cepstra"]},
+DRIVES = {"code": {"drive": "code", "audio_encoders": ["whisper"]},
           "audio": {"drive": "audio", "audio_encoders": ["mel"]}}
 
 
@@ -397,7 +397,7 @@ def main() -> int:
                    help="seconds kept back from the fit for the model export and the render benchmark")
     p.add_argument("--preset", default="quality")
     p.add_argument("--drive", choices=("code", "audio", "preset"), default="code",
-                   help="fit the mouth-code path (the default drive; needs the visemes and cepstra features and the "
+                   help="fit the mouth-code path (the default drive; needs the whisper features and the "
                         "canonical landmarks), the direct audio path, or whatever the preset says")
     p.add_argument("--slice-iterations", type=int, default=200)
     p.add_argument("--fit-iterations", type=int, help="override every stage's iterations of the full fit")

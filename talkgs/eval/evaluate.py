@@ -190,7 +190,7 @@ def evaluate(subject_dir: str | Path, json_path: str | Path | None = None, video
     if moving:
         base_marks = landmark_metrics(still.result(), truth_marks)
         no_motion = rounded({**{k: mean(v) for k, v in still_scores.items()},
-                             **{k: base_marks[k] for k in ("lmd_px", "mouth_open_corr")}})
+                             **{k: base_marks[k] for k in ("lmd_px", "mouth_open_corr", "mouth_open_spread")}})
     report = {
         "psnr": mean(scores["psnr"]), "ssim": mean(scores["ssim"]),
         "lpips": mean(scores["lpips"]) if lpips_net is not None else None,

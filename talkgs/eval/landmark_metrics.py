@@ -79,20 +79,26 @@ def landmark_metrics(rendered: np.ndarray, truth: np.ndarray) -> dict[str, float
       centre (as in the LMD of the talking-head literature, which measures mouth shape, not head
       placement), in pixels at 512.
     - mouth_open_corr: Pearson correlation over time of the mouth opening.
+    - mouth_open_spread: how far the rendered mouth opens and closes against the truth: the standard deviation
+      of its opening over the truth's (a regression that mumbles toward an average mouth reads well below 1).
     - blink_agreement: Pearson correlation over time of the eye opening (None when the eyes of
       either sequence do not move).
     - landmark_frames: frames where both sequences have a face.
     """
     ok = np.isfinite(rendered).all((1, 2)) & np.isfinite(truth).all((1, 2))
     if not ok.any():
-        return {"lmd_px": None, "mouth_open_corr": None, "blink_agreement": None, "landmark_frames": 0}
+        return {"lmd_px": None, "mouth_open_corr": None, "mouth_open_spread": None, "blink_agreement": None,
+                "landmark_frames": 0}
     r, t = rendered[ok][:, MOUTH], truth[ok][:, MOUTH]
     r = r - r.mean(1, keepdims=True)
     t = t - t.mean(1, keepdims=True)
     lmd = float(np.linalg.norm(r - t, axis=-1).mean())
+    opened, opened_truth = mouth_opening(rendered[ok]), mouth_opening(truth[ok])
+    spread = float(np.std(opened) / np.std(opened_truth)) if np.std(opened_truth) > 1e-9 else None
     return {
         "lmd_px": lmd,
-        "mouth_open_corr": _corr(mouth_opening(rendered[ok]), mouth_opening(truth[ok])),
+        "mouth_open_corr": _corr(opened, opened_truth),
+        "mouth_open_spread": spread,
         "blink_agreement": _corr(eye_opening(rendered[ok]), eye_opening(truth[ok])),
         "landmark_frames": int(ok.sum()),
     }

@@ -34,7 +34,7 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
-from talkgs.audio.features import VISEMES, feature_times
+from talkgs.audio.features import VISEMES, feature_times, resample_linear
 from talkgs.data import topology as topo
 from talkgs.model.audio_net import feature_windows
 
@@ -45,10 +45,12 @@ _CHIN_ROWS = [MOUTH_IDS.index(i) for i in topo.CHIN_FRONT]
 _INNER_ROWS = [MOUTH_IDS.index(i) for i in topo.LIPS_INNER]
 #: The prior's evidence rate (Hz): fine enough to sample at any frame rate's feature times.
 PRIOR_EVIDENCE_HZ = 100
+#: The rate of the prior's ``whisper`` features: the encoder's own steps (``talkgs.audio.whisper.STEP_S``).
+PRIOR_WHISPER_HZ = 50
 #: Frame rate the prior's mouths were tracked at.
 PRIOR_TRACK_FPS = 25.0
 #: Audio encoders whose evidence the prior holds.
-PRIOR_ENCODERS = ("visemes", "cepstra")
+PRIOR_ENCODERS = ("visemes", "cepstra", "whisper")
 
 
 @dataclass
@@ -56,15 +58,26 @@ class MouthCodeConfig:
     components: int = 8
     """C, PCA components of the code. On the demo clip 8 components keep 95 % of the lip and jaw
     landmark variance of the training frames; more mostly add tracking noise."""
-    window: int = 5
-    """Frames of speech evidence either side of a frame that its predicted code reads (+-200 ms at 25
-    fps: the anticipation and carry-over of coarticulation). Also the look-ahead of a stream."""
-    ridge: float = 10.0
-    """L2 penalty of the speech-to-code regression (inputs in [0, 1], one row per training frame). Chosen
-    across speakers, which is what new speech needs: fitted on the demo clip's training frames, the
-    predicted opening correlates with 8 other speakers' real mouths (MediaPipe, their own soundtracks)
-    at a median 0.48 with 10, against 0.46 with 3 or 30 and 0.42 with 100 (held-out frames of the demo
-    itself: 0.63, 0.64, 0.60, 0.63)."""
+    window: int = 3
+    """Frames of speech evidence either side of a frame that its predicted code reads (+-120 ms at 25 fps: the
+    anticipation and carry-over of coarticulation). Also the look-ahead of a stream. Whisper's features already
+    carry the context around each step: with the ``whisper`` encoder 3 frames beat 5 on both subjects' held-out
+    frames and on other speakers (tools/research/probe_whisper.py speech); pocketsphinx's visemes with the
+    cepstra did best with 5."""
+    reduce: int = 128
+    """Evidence wider than this many columns (Whisper's 512) is projected onto its first ``reduce`` principal
+    components over the regression's frames (each clip weighted alike) before the window: a ridge regression over
+    11 x 512 inputs from a few thousand frames learns the voice. Before rendering, the anchor with the public-domain
+    clips predicts 30 other speakers' mouths at 0.66, 0.69 and 0.70 with 64, 128 and 256 components, and its own
+    held-out frames at 0.63, 0.64 and 0.64."""
+    ridge: float = 300.0
+    """L2 penalty of the speech-to-code regression (one row per training frame), for the default ``whisper``
+    evidence (its principal components, about unit scale). Chosen across speakers, which is what new speech
+    needs, and on the held-out frames (tools/research/probe_whisper.py speech, window 3): with 30, 100, 300 and 1000
+    the demo's predicted opening follows 31 other speakers' real mouths at 0.65, 0.66, 0.64, 0.57 and its own
+    held-out frames at 0.62, 0.65, 0.71, 0.78 (spread 0.85-0.87, 0.69 at 1000); the anchor's 30 speakers at
+    0.65, 0.67, 0.68, 0.69 and held-out frames at 0.67, 0.67, 0.68, 0.70. For pocketsphinx's ``visemes`` and
+    ``cepstra`` (inputs in [0, 1]) 10 with a window of 5 was best (0.48 across 8 speakers on the demo)."""
     pull: float = 0.5
     """How far a predicted code moves toward the mean of its nearest training codes (0: not at all,
     1: onto them)."""
@@ -112,7 +125,7 @@ class MouthCodeConfig:
     closed mouth, the target of ``bilabial`` (the 5th, 10th and 20th gave 0.534, 0.533 and 0.528)."""
 
     def __post_init__(self) -> None:
-        for name in ("components", "neighbours", "max_stored_codes"):
+        for name in ("components", "neighbours", "max_stored_codes", "reduce"):
             if getattr(self, name) < 1:
                 raise ValueError(f"MouthCodeConfig.{name} must be >= 1, got {getattr(self, name)}")
         if self.window < 0 or self.ridge < 0 or self.prior_weight < 0 or not 0 <= self.pull <= 1:
@@ -222,8 +235,11 @@ class SpeechToCode(nn.Module):
         super().__init__()
         self.cfg = cfg
         self.dim_in = dim_in
-        width = (2 * cfg.window + 1) * dim_in + 1
-        self.register_buffer("weight", torch.zeros(width, cfg.components))  # [(2W+1) D + 1, C]
+        reduced = min(dim_in, cfg.reduce)
+        self.register_buffer("evidence_mean", torch.zeros(dim_in))  # [D]
+        self.register_buffer("evidence_basis", torch.eye(dim_in, reduced))  # [D, R] orthonormal columns
+        width = (2 * cfg.window + 1) * reduced + 1
+        self.register_buffer("weight", torch.zeros(width, cfg.components))  # [(2W+1) R + 1, C]
         self.register_buffer("center", torch.zeros(cfg.components))  # [C] mean prediction on the training frames
         self.register_buffer("gain", torch.ones(cfg.components))  # [C] (see ``MouthCodeConfig.max_gain``)
         self.register_buffer("train_codes", torch.zeros(0, cfg.components))  # [K, C]
@@ -240,12 +256,24 @@ class SpeechToCode(nn.Module):
     def left_context(self) -> int:
         return self.cfg.window
 
-    def _design(self, features: Tensor, index: Tensor) -> Tensor:  # -> [B, (2W+1) D + 1]
+    def _design(self, features: Tensor, index: Tensor) -> Tensor:  # -> [B, (2W+1) R + 1]
         if features.ndim != 3 or features.shape[1] != 2 or features.shape[2] != self.dim_in:
             raise ValueError(f"features must be [F, 2, {self.dim_in}], got {tuple(features.shape)}")
         windows = feature_windows(features, index, self.cfg.window, causal=False).mean(2)  # [B, 2W+1, D]
-        flat = windows.flatten(1).double()
+        reduced = (windows.double() - self.evidence_mean.double()) @ self.evidence_basis.double()  # [B, 2W+1, R]
+        flat = reduced.flatten(1)
         return torch.cat([flat, torch.ones_like(flat[:, :1])], 1)
+
+    def _fit_basis(self, rows: list[Tensor]) -> None:
+        """The projection of the evidence: the identity for evidence of at most ``cfg.reduce`` columns, else the
+        ``cfg.reduce`` principal components of the frames ``rows`` ([n_k, D] each, every clip weighted alike)."""
+        if self.dim_in <= self.cfg.reduce:
+            return
+        mean = torch.stack([r.double().mean(0) for r in rows]).mean(0)  # [D]
+        _, _, vh = torch.linalg.svd(torch.cat([(r.double() - mean) / len(r) ** 0.5 for r in rows]),
+                                    full_matrices=False)
+        self.evidence_mean = mean.float()
+        self.evidence_basis = vh[: self.cfg.reduce].T.float().contiguous()
 
     @torch.no_grad()
     def fit(self, features: Tensor, codes: Tensor, frames: Tensor,
@@ -258,6 +286,8 @@ class SpeechToCode(nn.Module):
         (the ridge penalty grows in proportion).
         ``opening`` [F] (the codes' inner-lip gaps) and ``visemes_column`` (where the ``visemes`` evidence starts
         in the D columns): the closed mouths and the evidence of the bilabial pull; without either, no pull."""
+        frames = frames.to(features.device)
+        self._fit_basis([features[frames].mean(1)] + [e.to(features.device).mean(1) for e, _ in prior or []])
         x = self._design(features, frames)  # [n, P]
         y = codes[frames].double()  # [n, C]
         xs, ys = [x], [y]
@@ -305,24 +335,25 @@ class SpeechToCode(nn.Module):
         return pred
 
 
-def same_recording(a: np.ndarray, b: np.ndarray, min_steps: int = 250, agree: float = 0.8) -> bool:
-    """Whether ``visemes`` evidence a [T, 2, D] and b [T', 2, D] (same frame rate) come from one recording,
-    one possibly cut from the other: at the lag where their relative loudness agrees best over at least
-    ``min_steps`` feature steps, the viseme classes agree on ``agree`` of the overlap (the same soundtrack
-    decoded twice agrees on 98 %, other recordings on 16-29 %)."""
-    la, lb = a[..., -1].reshape(-1).astype(np.float64), b[..., -1].reshape(-1).astype(np.float64)
-    if min(len(la), len(lb)) < min_steps:
+def same_recording(a: np.ndarray, b: np.ndarray, min_frames: int = 125, agree: float = 0.8) -> bool:
+    """Whether evidence a [T, 2, D] and b [T', 2, D] of the same encoders (same frame rate) come from one
+    recording, one possibly cut from the other: at the best lag with at least ``min_frames`` frames of overlap (5 s
+    at 25 fps),
+    the frames' evidence (each clip's mean removed) has a mean cosine similarity of ``agree`` or more. The same
+    soundtrack encoded twice: 0.97-1.0 (whole or a 4-s cut), other recordings: at most 0.46 (``whisper``) and 0.36
+    (``visemes``) on the prior's clips against the demo, the anchor and noem."""
+    fa, fb = (np.asarray(x, np.float32).mean(1) for x in (a, b))  # [T, D], [T', D]
+    if min(len(fa), len(fb)) < min_frames:
         return False
-    za, zb = (la - la.mean()) / max(la.std(), 1e-9), (lb - lb.mean()) / max(lb.std(), 1e-9)
-    size = 1 << (len(za) + len(zb) - 2).bit_length()
-    xc = np.fft.irfft(np.fft.rfft(za, size) * np.conj(np.fft.rfft(zb, size)), size)  # lag k: a[t + k] vs b[t]
-    lags = np.arange(-(len(zb) - 1), len(za))
-    overlap = np.minimum(len(za), len(zb) + lags) - np.maximum(0, lags)
-    score = np.where(overlap >= min_steps, xc[lags % size] / np.maximum(overlap, 1), -np.inf)
-    lag = int(lags[np.argmax(score)])
-    ca, cb = a[..., :-1].reshape(len(la), -1).argmax(1), b[..., :-1].reshape(len(lb), -1).argmax(1)
-    lo, hi = max(0, lag), min(len(ca), len(cb) + lag)
-    return bool(np.mean(ca[lo:hi] == cb[lo - lag:hi - lag]) >= agree)
+    fa, fb = fa - fa.mean(0), fb - fb.mean(0)
+    fa /= np.linalg.norm(fa, axis=1, keepdims=True) + 1e-9
+    fb /= np.linalg.norm(fb, axis=1, keepdims=True) + 1e-9
+    sim = fa @ fb.T  # [T, T']
+    i, j = np.indices(sim.shape)
+    diagonal = (i - j).ravel() + len(fb) - 1  # lag + T' - 1
+    total = np.bincount(diagonal, sim.ravel(), len(fa) + len(fb) - 1)
+    count = np.bincount(diagonal, None, len(fa) + len(fb) - 1)
+    return bool((total / np.maximum(count, 1))[count >= min_frames].max() >= agree)
 
 
 @functools.lru_cache(maxsize=1)
@@ -333,21 +364,33 @@ def _prior_arrays() -> dict[str, np.ndarray]:
         return dict(np.load(f))
 
 
-def load_prior(fps: float, encoders: tuple[str, ...] = ("visemes",)) -> list[tuple[np.ndarray, np.ndarray]]:
+def load_prior(fps: float, encoders: tuple[str, ...] = ("visemes",),
+               whisper_layer: int = 3) -> list[tuple[np.ndarray, np.ndarray]]:
     """Each prior clip at ``fps``: (the evidence of ``encoders`` concatenated, [F, 2, D] float32 at
     ``audio.feature_times``, canonical ``MOUTH_IDS`` landmarks [F, L, 3] float32 at the frames' centres), F the
-    clip's whole frames at ``fps``. Raises ValueError for an encoder the prior does not hold."""
+    clip's whole frames at ``fps``. Raises ValueError for an encoder the prior does not hold, and for ``whisper``
+    features of another block than ``whisper_layer`` (``AudioConfig.whisper_layer``)."""
     data = _prior_arrays()
     clips = []
     for stem in sorted(k.removesuffix(".mouth") for k in data if k.endswith(".mouth")):
         missing = [e for e in encoders if f"{stem}.{e}" not in data]
+        if "whisper" in encoders and whisper_layer != int(data.get("whisper_layer", -1)):
+            raise ValueError(f"the speech model's prior holds Whisper block {int(data.get('whisper_layer', -1))}, "
+                             f"not {whisper_layer}")
         if missing:
             raise ValueError(f"the speech model's prior has no {', '.join(missing)} evidence (it has: "
                              f"{', '.join(PRIOR_ENCODERS)})")
-        evidence = np.concatenate([data[f"{stem}.{e}"] for e in encoders], -1).astype(np.float32)  # [T, D]
         mouth = data[f"{stem}.mouth"].astype(np.float32)  # [M, L, 3] at PRIOR_TRACK_FPS
-        n = int(min(len(evidence) / PRIOR_EVIDENCE_HZ, len(mouth) / PRIOR_TRACK_FPS) * fps)
-        steps = np.clip(np.round(feature_times(n, fps) * PRIOR_EVIDENCE_HZ).astype(np.int64), 0, len(evidence) - 1)
+        rate = {e: PRIOR_WHISPER_HZ if e == "whisper" else PRIOR_EVIDENCE_HZ for e in encoders}
+        n = int(min(len(mouth) / PRIOR_TRACK_FPS, *(len(data[f"{stem}.{e}"]) / rate[e] for e in encoders)) * fps)
+        times = feature_times(n, fps).reshape(-1)  # [2n]
+        parts = []
+        for e in encoders:
+            x = data[f"{stem}.{e}"].astype(np.float32)  # [T_e, D_e]
+            if e == "whisper":  # stored at the encoder's own steps, between which it is smooth
+                parts.append(resample_linear(np.arange(len(x)) / rate[e], x, times))
+            else:
+                parts.append(x[np.clip(np.round(times * rate[e]).astype(np.int64), 0, len(x) - 1)])
         frames = np.clip(np.floor((np.arange(n) + 0.5) / fps * PRIOR_TRACK_FPS).astype(np.int64), 0, len(mouth) - 1)
-        clips.append((evidence[steps], mouth[frames]))  # [n, 2, D], [n, L, 3]
+        clips.append((np.concatenate(parts, -1).reshape(n, 2, -1), mouth[frames]))  # [n, 2, D], [n, L, 3]
     return clips

@@ -400,22 +400,23 @@ class FeatureStream:
     """Audio chunks in, audio-feature frames out: the encoders' half of a stream (``AudioStream``).
 
     Feature frames are computed in blocks of ``BLOCK_FRAMES`` once the audio has reached ``lookahead_s``
-    past a block. By default that is the encoders' own need (``CONTEXT_S``): 0.05 s for mel and cepstra,
-    1 s for the phone decoders, which decide a phone better the more of what follows they hear. A smaller
-    ``lookahead_s`` is the low-latency mode of the phone encoders: their phones near the end of each
-    decoded stretch are decided with less of the following speech (what that costs: docs/lip_sync.md,
-    Streaming). Audio older than the encoders' context before the first frame still to be computed is
-    dropped, so memory stays flat however long the stream.
+    past a block. By default that is the encoders' own need (their ``CONTEXT_S``): 0.05 s for mel and cepstra,
+    ``AudioConfig.whisper_stream_lookahead_s`` for Whisper, 1 s for the phone decoders, which decide a phone better
+    the more of what follows they hear. A smaller ``lookahead_s`` is the low-latency mode of the encoders that
+    decide over a stretch (``STRETCH_ENCODERS``): their features near the end of each stretch are decided with less
+    of the following speech (what that costs: docs/lip_sync.md, Streaming). Audio older than the encoders' context
+    (``CONTEXT_S``) before the first frame still to be computed is dropped, so memory stays flat however long the
+    stream.
     """
 
     #: Sample rate of the audio fed to ``push`` (what ``media.read_audio`` gives).
     SAMPLE_RATE = media.SAMPLE_RATE
-    #: Audio kept before the first feature frame still to be computed, and by default reached past the last
-    #: one: context for the encoders (mel and cepstra need 12.5 ms, the phone decoders about a second).
+    #: Audio kept before the first feature frame still to be computed: context for the encoders (mel and cepstra
+    #: need 12.5 ms, the phone decoders about a second; Whisper's is ``AudioConfig.whisper_stream_context_s``).
     CONTEXT_S = {"mel": 0.05, "cepstra": 0.05, "phonemes": 1.0, "visemes": 1.0}
     MODEL_CONTEXT_S = 1.5
-    #: Encoders that decide phones over a stretch: any look-ahead works, less is less exact.
-    PHONE_ENCODERS = ("phonemes", "visemes")
+    #: Encoders that decide over a stretch: any look-ahead works, less is less exact.
+    STRETCH_ENCODERS = ("phonemes", "visemes", "whisper")
     #: Feature frames computed together: each encoder call costs a decode of the context.
     BLOCK_FRAMES = 4
 
@@ -425,15 +426,20 @@ class FeatureStream:
 
         self.encoders, self.fps, self.audio_cfg = tuple(encoders), float(fps), audio_cfg
         self._hop = round(MEL_HOP_S * self.SAMPLE_RATE)
-        self.context_s = max(self.CONTEXT_S.get(e, self.MODEL_CONTEXT_S) for e in self.encoders)
-        #: The least look-ahead: what the encoders that are not phone decoders need to equal the offline features,
-        #: and for phone decoders alone one analysis window past the block (mel's need).
-        others = [self.CONTEXT_S.get(e, self.MODEL_CONTEXT_S) for e in self.encoders if e not in self.PHONE_ENCODERS]
+        context = {e: self.CONTEXT_S.get(e, self.MODEL_CONTEXT_S) for e in self.encoders}
+        ahead = dict(context)  # the default look-ahead: the context, but for Whisper's
+        if "whisper" in self.encoders:
+            context["whisper"] = audio_cfg.whisper_stream_context_s
+            ahead["whisper"] = audio_cfg.whisper_stream_lookahead_s
+        self.context_s = max(context.values())
+        #: The least look-ahead: what the encoders that do not decide over a stretch need to equal the offline
+        #: features, and for stretch encoders alone one analysis window past the block (mel's need).
+        others = [ahead[e] for e in self.encoders if e not in self.STRETCH_ENCODERS]
         self.min_lookahead_s = max(others, default=self.CONTEXT_S["mel"])
         if lookahead_s is not None and not self.min_lookahead_s <= lookahead_s <= self.context_s:
             raise TalkgsError(f"a stream's look-ahead must be between {self.min_lookahead_s:g} and "
                               f"{self.context_s:g} s for the encoders {', '.join(self.encoders)}; got {lookahead_s:g}")
-        self.lookahead_s = self.context_s if lookahead_s is None else float(lookahead_s)
+        self.lookahead_s = max(ahead.values()) if lookahead_s is None else float(lookahead_s)
         self.buffer = np.zeros(0, np.float32)
         self.buffer_start = 0  # absolute sample of buffer[0], a multiple of the mel hop
         self.received = 0  # samples pushed so far

@@ -19,6 +19,7 @@ import numpy as np
 import torch
 
 import talkgs
+from talkgs.audio.config import AudioConfig
 from talkgs.data import schema
 from talkgs.data.cache import open_cache
 from talkgs.data.frames import SubjectFrames, expression_track
@@ -29,7 +30,7 @@ from talkgs.model.fitted import FittedModel, Replay, encode_layer, header_for, l
 from talkgs.model.gaussians import GaussianModel
 from talkgs.model.init_head import initial_points, mouth_points
 from talkgs.model.losses import psnr, ssim
-from talkgs.model.mouth_code import PRIOR_ENCODERS, load_prior, same_recording
+from talkgs.model.mouth_code import load_prior, same_recording
 from talkgs.model.talking_head import TalkingHead
 from talkgs.train.checkpoint import load_checkpoint, save_checkpoint
 from talkgs.train.config import FitConfig, StageConfig
@@ -89,15 +90,17 @@ def speech_prior(subject: Subject, head: TalkingHead) -> list[tuple[torch.Tensor
     cfg = head.cfg
     if not cfg.code.prior:
         return None
-    if not set(cfg.audio_encoders) <= set(PRIOR_ENCODERS):
-        log.warn(f"head.code.prior holds {', '.join(PRIOR_ENCODERS)} evidence, not "
-                 f"{', '.join(cfg.audio_encoders)}: the speech model is fitted on the subject alone")
+    layer = int(subject.meta["config"]["audio"].get("whisper_layer", AudioConfig.whisper_layer))
+    try:
+        clips = load_prior(subject.fps, tuple(cfg.audio_encoders), layer)
+    except ValueError as e:
+        log.warn(f"{e}: the speech model is fitted on the subject alone")
         return None
-    clips = load_prior(subject.fps, tuple(cfg.audio_encoders))
-    if "visemes" in subject.audio_encoders:
-        # A subject filmed in one of the prior's clips would count those frames twice and train on its held-out ones.
-        own = np.asarray(subject.audio_features("visemes"))
-        keep = [not same_recording(own, e) for e, _ in load_prior(subject.fps)]
+    # A subject filmed in one of the prior's clips would count those frames twice and train on its held-out ones.
+    shared = [e for e in ("whisper", "visemes") if e in subject.audio_encoders]
+    if shared:
+        own = np.asarray(subject.audio_features(shared[0]))
+        keep = [not same_recording(own, e) for e, _ in load_prior(subject.fps, (shared[0],), layer)]
         if not all(keep):
             log.info(f"speech model: left out {keep.count(False)} prior clip(s) recorded from the subject's own video")
         clips = [c for c, k in zip(clips, keep) if k]

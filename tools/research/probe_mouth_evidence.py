@@ -212,7 +212,7 @@ def main() -> None:
     args = p.parse_args()
     from bench_lip_sync import PRIOR_SPEAKERS, longest_clips
 
-    clips = longest_clips()
+    clips = longest_clips(("video",))
     data = {s: _collect(c, Path(args.cache)) for s, c in clips.items()}
     prior = {c.stem: _collect(c, Path(args.cache)) for c in _public_domain()}
     unseen = [s for s in data if s != SUBJECT and s not in PRIOR_SPEAKERS]

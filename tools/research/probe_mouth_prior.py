@@ -36,7 +36,8 @@ def main() -> None:
     p.add_argument("--work", type=Path, default=ROOT / "outputs" / "bench256")
     p.add_argument("--cache", type=Path, default=ROOT / "outputs" / "evidence")
     args = p.parse_args()
-    others = {s: _collect(c, args.cache) for s, c in longest_clips().items() if s not in PRIOR_SPEAKERS | {"anchor"}}
+    others = {s: _collect(c, args.cache) for s, c in longest_clips(("video",)).items()
+              if s not in PRIOR_SPEAKERS | {"anchor"}}
     for name in ("demo", "anchor"):
         subject = Subject(args.work / f"{name}_code")
         basis = MouthBasis(MouthCodeConfig())

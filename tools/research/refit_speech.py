@@ -71,7 +71,7 @@ def main() -> None:
     report_path.write_text(json.dumps(report, indent=1))
     result = {"subject": str(args.subject), "prior": args.prior, "prior_weight": args.prior_weight,
               "encoders": list(head.cfg.audio_encoders), "drive": {}}
-    for clip in drivers(args.name):
+    for clip in drivers(args.name, folders=("video",)):
         if SPEAKER[clip.stem] in PRIOR_SPEAKERS:
             continue
         r = evaluate_drive_ref(args.out, clip, "cpu", drive="audio")
