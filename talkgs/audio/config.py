@@ -22,9 +22,10 @@ class AudioConfig:
     whisper_layer: int = 3
     """The Whisper encoder block whose output is the ``whisper`` feature (1 to 6 in Whisper base). Before
     rendering, across the 33 speakers of ../shared/data, a ridge regression of block k's output predicts the real
-    mouth opening at a median 0.63, 0.70, 0.69, 0.65, 0.61, 0.59 for k = 1..6 (the embedding 0.41); the anchor
-    with the public-domain clips, scored on the 30 other speakers: 0.68 for block 2 and 0.69 for block 3, which
-    holds the subject's own held-out frames better (docs/lip_sync.md)."""
+    mouth opening at a median 0.62, 0.70, 0.69, 0.66, 0.62, 0.59 for k = 1..6 (0.55, 0.60, 0.63, 0.61, 0.58, 0.53
+    at lag 0; tools/research/probe_whisper.py layers); the anchor with the public-domain clips, scored on the 30
+    other speakers: 0.68 for block 2 and 0.70 for block 3 (docs/lip_sync.md, tenth round). Block 3 runs half the
+    encoder."""
     whisper_window_s: float = 30.0
     """Audio per encoder pass (at most Whisper's 30 s, the length it was trained on; shorter audio is padded to it
     as Whisper pads)."""

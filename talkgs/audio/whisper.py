@@ -4,8 +4,7 @@ Whisper's encoder was trained on 680,000 hours of speech in many languages to fe
 layers say which sounds are spoken, and much less who speaks. Measured before any rendering on the 33 speakers of
 ../shared/data (a ridge regression over a window of frames predicts each clip's real mouth opening, leave one
 speaker out; docs/lip_sync.md, tools/research/probe_whisper.py), the output of block 3 of 6 follows the mouths at a
-median 0.69 against 0.55 for pocketsphinx's visemes with normalised cepstra, the last block 0.59, the embedding
-0.41.
+median 0.69 against 0.55 for pocketsphinx's visemes with normalised cepstra, the last block 0.59.
 
 Runtime: the encoder runs in PyTorch (``WhisperEncoder``: torch's own pre-norm transformer layers filled with the
 converted weights), not CTranslate2, because CTranslate2 returns the last layer only, which carries the mouth less

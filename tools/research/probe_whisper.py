@@ -231,45 +231,48 @@ def cmd_stream(args, data: dict[str, dict]) -> None:
 
 
 def cmd_speech(args, data: dict[str, dict]) -> None:
+    import itertools
+
     import torch
 
     from talkgs.data.subject import Subject
     from talkgs.model.mouth_code import MouthBasis, MouthCodeConfig, SpeechToCode, load_prior
 
+    encoders = tuple(args.encoders.split(","))
+    public = sorted(s for s in data if "_pd_" in s)  # load_prior's clip order
+    grid = list(itertools.product(*(map(float, v.split(",")) for v in (
+        args.windows, args.ridges, args.prior_weights, args.gains, args.pulls))))
     for name, stem in (("demo", DEMO), ("anchor", ANCHOR)):
         subject = Subject(args.work / f"{name}_prepared")
-        encoders = tuple(args.encoders.split(","))
         layer = subject.meta["config"]["audio"].get("whisper_layer", 3)
-        feats = torch.tensor(np.concatenate([np.asarray(subject.audio_features(e)) for e in encoders], -1))
+        parts = [np.asarray(subject.audio_features(e)) for e in encoders]
+        feats = torch.tensor(np.concatenate(parts, -1))
+        # With the visemes among the encoders, their p/b/m pull the mouth shut (MouthCodeConfig.bilabial).
+        column = sum(p.shape[-1] for p in parts[:encoders.index("visemes")]) if "visemes" in encoders else None
+        kind = "+".join({"whisper": f"W{layer}", "visemes": "V", "cepstra": "C"}[e] for e in encoders)
         train, test = torch.as_tensor(subject.train_indices), torch.as_tensor(subject.test_indices)
-        clips_ = load_prior(subject.fps, encoders)
-        own = [speaker_of(s) for s in data if "_pd_" in s]
-        keep = [k for k, s in enumerate(sorted(s for s in data if "_pd_" in s)) if s != stem]
-        seen = set(own) | {speaker_of(stem)}
-        others = _per_speaker({s: () for s in data if speaker_of(s) not in seen}, data)
-        drivers = [max((s for s in data if speaker_of(s) == sp), key=lambda t: len(data[t]["ref"])) for sp in others]
-        for window in (int(v) for v in args.windows.split(",")):
-            for ridge in (float(v) for v in args.ridges.split(",")):
-                cfg = MouthCodeConfig(window=window, ridge=ridge)
-                basis = MouthBasis(cfg)
-                basis.fit(subject.canonical_landmarks[subject.train_indices])
-                codes = basis.encode(subject.canonical_landmarks)
-                prior = [(torch.from_numpy(clips_[k][0]), basis.transfer_mouth(clips_[k][1])) for k in keep]
-                model = SpeechToCode(feats.shape[-1], cfg)
-                # With the visemes among the encoders, their p/b/m pull the mouth shut (MouthCodeConfig.bilabial).
-                column = 512 if "visemes" in encoders else None
-                model.fit(feats, codes, train, prior=prior, opening=basis.opening(codes), visemes_column=column)
-                pred, true = basis.opening(model(feats, test)).numpy(), basis.opening(codes[test]).numpy()
-                held = np.corrcoef(pred, true)[0, 1]
-                cross = []
-                for s in drivers:
-                    kind = "+".join({"whisper": f"W{layer}", "visemes": "V", "cepstra": "C"}[e] for e in encoders)
-                    e = torch.tensor(np.repeat(evidence(data[s], kind)[:, None], 2, 1), dtype=torch.float32)
-                    cross.append(_scores(basis.opening(model(e, torch.arange(len(e)))).numpy(), data[s]["ref"]))
-                a = np.array(cross, dtype=float)
-                print(f"{name} window {window} ridge {ridge:g}: held-out opening {held:.3f} (spread "
-                      f"{pred.std() / true.std():.2f}); {len(a)} other speakers: median {np.median(a[:, 0]):.3f} "
-                      f"(lag 0 {np.median(a[:, 2]):.3f})", flush=True)
+        clips_ = [c for c, s in zip(load_prior(subject.fps, encoders), public) if s != stem]
+        seen = {speaker_of(s) for s in public} | {speaker_of(stem)}
+        drivers = [max((s for s in data if speaker_of(s) == sp), key=lambda t: len(data[t]["ref"]))
+                   for sp in _per_speaker({s: () for s in data if speaker_of(s) not in seen}, data)]
+        for window, ridge, weight, gain, pull in grid:
+            cfg = MouthCodeConfig(window=int(window), ridge=ridge, prior_weight=weight, max_gain=gain, pull=pull)
+            basis = MouthBasis(cfg)
+            basis.fit(subject.canonical_landmarks[subject.train_indices])
+            codes = basis.encode(subject.canonical_landmarks)
+            prior = [(torch.from_numpy(e), basis.transfer_mouth(m)) for e, m in clips_]
+            model = SpeechToCode(feats.shape[-1], cfg)
+            model.fit(feats, codes, train, prior=prior, opening=basis.opening(codes), visemes_column=column)
+            pred, true = basis.opening(model(feats, test)).numpy(), basis.opening(codes[test]).numpy()
+            cross = []
+            for s in drivers:
+                e = torch.tensor(np.repeat(evidence(data[s], kind)[:, None], 2, 1), dtype=torch.float32)
+                cross.append(_scores(basis.opening(model(e, torch.arange(len(e)))).numpy(), data[s]["ref"]))
+            a = np.array(cross, dtype=float)
+            print(f"{name} window {window:g} ridge {ridge:g} prior weight {weight:g} max gain {gain:g} pull {pull:g}: "
+                  f"held-out opening {np.corrcoef(pred, true)[0, 1]:.3f} (spread {pred.std() / true.std():.2f}); "
+                  f"{len(a)} other speakers: median {np.median(a[:, 0]):.3f} (lag 0 {np.median(a[:, 2]):.3f})",
+                  flush=True)
 
 
 def main() -> None:
@@ -286,8 +289,11 @@ def main() -> None:
                    help="stream: context,look-ahead pairs in seconds")
     p.add_argument("--work", type=Path, default=ROOT / "outputs" / "w", help="speech: prepared subjects")
     p.add_argument("--encoders", default="whisper", help="speech: the speech model's encoders")
-    p.add_argument("--ridges", default="30,100,300,1000")
-    p.add_argument("--windows", default="3,5")
+    p.add_argument("--ridges", default="600")
+    p.add_argument("--windows", default="3")
+    p.add_argument("--prior-weights", default="0.5")
+    p.add_argument("--gains", default="1.5", help="speech: MouthCodeConfig.max_gain values")
+    p.add_argument("--pulls", default="0.5", help="speech: MouthCodeConfig.pull values")
     args = p.parse_args()
     data = {c.stem: collect(c, args.cache) for c in clips()}
     {"layers": cmd_layers, "stream": cmd_stream, "speech": cmd_speech}[args.command](args, data)
