@@ -258,3 +258,23 @@ def test_stream_features_follow_the_offline_ones(speech):
     assert np.median(cos) > 0.8 and np.percentile(cos, 5) > 0.7, np.percentile(cos, [5, 50])
     with pytest.raises(TalkgsError, match="look-ahead"):
         FeatureStream(("whisper",), FPS, replace(cfg), lookahead_s=5.0)
+
+
+def test_the_hugging_face_cache_is_a_source(tiny, tmp_path, monkeypatch):
+    """A user's cached openai/whisper-base (transformers' files, laid out as the hub caches them) is found
+    without the network, after a configured folder and before the packages."""
+    import shutil
+
+    from huggingface_hub import constants
+
+    _, hf, _ = tiny
+    snapshot = tmp_path / "models--openai--whisper-base" / "snapshots" / "0123abcd"
+    snapshot.mkdir(parents=True)
+    for name in ("config.json", "model.safetensors"):
+        shutil.copy(hf / name, snapshot / name)
+    (tmp_path / "models--openai--whisper-base" / "refs").mkdir()
+    (tmp_path / "models--openai--whisper-base" / "refs" / "main").write_text("0123abcd")
+    monkeypatch.setattr(constants, "HF_HUB_CACHE", str(tmp_path))
+    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", True)
+    assert whisper.find_weights(AudioConfig()) == ([snapshot / "model.safetensors"], None)
+    assert whisper.load_encoder(AudioConfig(whisper_layer=2), "cpu").conv1.out_channels == 64
