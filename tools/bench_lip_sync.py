@@ -60,7 +60,7 @@ PRIOR_SPEAKERS = {SPEAKER[c] for c in SPEAKER if "_pd_" in c}
 PATH_OVERRIDES = {"audio": {"head": {"drive": "audio", "audio_encoders": ["mel"]}},
                   "code": {"head": {"drive": "code", "audio_encoders": ["whisper"]}},
                   "visemes": {"head": {"drive": "code", "audio_encoders": ["visemes", "cepstra"],
-                                       "code": {"window": 5, "ridge": 10.0}}}}
+                                       "code": {"window": 5, "ridge": 10.0, "prior_weight": 1.0}}}}
 
 
 def speaker_of(clip: Path) -> str | None:
