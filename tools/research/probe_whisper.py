@@ -236,6 +236,7 @@ def cmd_speech(args, data: dict[str, dict]) -> None:
     import torch
 
     from talkgs.data.subject import Subject
+    from talkgs.eval.drive_ref import drive_ref_metrics
     from talkgs.model.mouth_code import MouthBasis, MouthCodeConfig, SpeechToCode, load_prior
 
     encoders = tuple(args.encoders.split(","))
@@ -264,15 +265,19 @@ def cmd_speech(args, data: dict[str, dict]) -> None:
             model = SpeechToCode(feats.shape[-1], cfg)
             model.fit(feats, codes, train, prior=prior, opening=basis.opening(codes), visemes_column=column)
             pred, true = basis.opening(model(feats, test)).numpy(), basis.opening(codes[test]).numpy()
-            cross = []
+            cross, closures = [], []
             for s in drivers:
                 e = torch.tensor(np.repeat(evidence(data[s], kind)[:, None], 2, 1), dtype=torch.float32)
-                cross.append(_scores(basis.opening(model(e, torch.arange(len(e)))).numpy(), data[s]["ref"]))
+                opening = basis.opening(model(e, torch.arange(len(e)))).numpy()
+                cross.append(_scores(opening, data[s]["ref"]))
+                m = drive_ref_metrics(opening, data[s]["ref"])
+                closures.append((m["closure_recall"], m["closure_precision"]))
             a = np.array(cross, dtype=float)
+            c = np.array(closures, dtype=float)
             print(f"{name} window {window:g} ridge {ridge:g} prior weight {weight:g} max gain {gain:g} pull {pull:g}: "
                   f"held-out opening {np.corrcoef(pred, true)[0, 1]:.3f} (spread {pred.std() / true.std():.2f}); "
-                  f"{len(a)} other speakers: median {np.median(a[:, 0]):.3f} (lag 0 {np.median(a[:, 2]):.3f})",
-                  flush=True)
+                  f"{len(a)} other speakers: median {np.median(a[:, 0]):.3f} (lag 0 {np.median(a[:, 2]):.3f}), "
+                  f"closures recall {np.nanmedian(c[:, 0]):.2f} precision {np.nanmedian(c[:, 1]):.2f}", flush=True)
 
 
 def main() -> None:
