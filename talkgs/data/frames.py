@@ -74,10 +74,11 @@ class SubjectFrames:
         expression: the expression channels of ``expression``.
         neck_extension: how far each batch's torso layer continues the neck under the head
             (``data.subject.torso_layer``; ``FitConfig.neck_extension``).
+        layer_background: the frame's own background is part of that layer (``FitConfig.replay_background``).
     """
 
     def __init__(self, subject: Subject, resolution: int, device: torch.device, encoders: tuple[str, ...] = (),
-                 expression: tuple[str, ...] = (), neck_extension: float = 0.0):
+                 expression: tuple[str, ...] = (), neck_extension: float = 0.0, layer_background: bool = False):
         self.subject = subject
         self.device = device
         self.resolution = resolution
@@ -88,6 +89,7 @@ class SubjectFrames:
         plate = cv2.resize(subject.background, (resolution, resolution), interpolation=cv2.INTER_AREA)
         self.background = torch.tensor(plate, dtype=torch.float32, device=device) / 255.0  # [R, R, 3]
         self.neck_extension = neck_extension
+        self.layer_background = layer_background
         self.train_indices = subject.train_indices
         self.test_indices = subject.test_indices
         expr = expression_track(subject, tuple(expression))
@@ -122,7 +124,8 @@ class SubjectFrames:
         frame, labels = np.array(self.cache.frames[index]), np.array(self.cache.labels[index])
         # The torso layer a fitted model stores for this frame, composited as its renderer composites it, so
         # that a replayed frame renders exactly as it trained.
-        layer = torch.from_numpy(torso_layer(frame, labels, self.neck_extension)).to(self.device).float() / 255.0
+        layer = torso_layer(frame, labels, self.neck_extension, self.layer_background)
+        layer = torch.from_numpy(layer).to(self.device).float() / 255.0
         under = layer[..., :3] + (1 - layer[..., 3:]) * self.background
         image = torch.from_numpy(frame).to(self.device).float() / 255.0
         return Batch(index, image, torch.from_numpy(labels).to(self.device), under, self.w2c[index], self.K)

@@ -8,7 +8,8 @@ from __future__ import annotations
 
 from enum import IntEnum
 
-FORMAT_VERSION = 1
+#: 2: ``Label.OCCLUDED`` in labels.mkv, ``occluded`` and ``mouth_occluded`` in signals.npz (format 1 reads as before).
+FORMAT_VERSION = 2
 
 MANIFEST = "subject.json"
 FRAMES = "frames.mp4"  # RGB, H.264 4:4:4, constant fps; frame i <-> row i of every per-frame array
@@ -41,6 +42,7 @@ class Label(IntEnum):
     LIPS = 5
     MOUTH = 6  # mouth interior: teeth, tongue and cavity inside the inner lip contour
     EYES = 7  # eyeball (sclera and iris) inside the eyelid contour
+    OCCLUDED = 8  # head pixels something covers in this frame (a hand, a microphone): left out of the fit's loss
 
 
 LABELS = {label.name.lower(): int(label) for label in Label}

@@ -36,9 +36,10 @@ class Subject:
         except json.JSONDecodeError:
             raise TalkgsError(f"{manifest} is damaged (not valid JSON); prepare the subject again") from None
         version = self.meta.get("format_version")
-        if version != schema.FORMAT_VERSION:
+        # Every older format reads as it was written (format 1 has no occlusions); a newer one may mean more.
+        if not isinstance(version, int) or not 1 <= version <= schema.FORMAT_VERSION:
             raise TalkgsError(
-                f"{self.root} has subject format {version}, this talkgs reads {schema.FORMAT_VERSION}; "
+                f"{self.root} has subject format {version}, this talkgs reads 1 to {schema.FORMAT_VERSION}; "
                 "prepare the subject again"
             )
         # The preview is for people; a subject works without it.
@@ -128,6 +129,15 @@ class Subject:
             return z["found"]
 
     @cached_property
+    def camera_moving(self) -> bool:
+        """Whether ``talkgs prepare`` found the camera moving (prepare_report.json: camera_motion; False for a subject
+        prepared before that was measured)."""
+        report = self.root / schema.REPORT
+        if not report.is_file():
+            return False
+        return bool((json.loads(report.read_text()).get("camera_motion") or {}).get("moving"))
+
+    @cached_property
     def signals(self) -> dict[str, np.ndarray]:
         """blink_left/right, mouth_open, lip_spread, brow_raise [F]; lips_bbox [F, 4]; expression [F, 5]."""
         with np.load(self.root / schema.SIGNALS) as z:
@@ -173,9 +183,11 @@ def label_lookup(ids) -> np.ndarray:  # [256] bool
 
 
 _TORSO_TABLE, _HEAD_TABLE = label_lookup(schema.TORSO_LABELS), label_lookup(schema.HEAD_LABELS)
+_UNDER_TABLE = label_lookup((*schema.TORSO_LABELS, schema.Label.BACKGROUND))
 
 
-def torso_layer(frame: np.ndarray, labels: np.ndarray, neck_extension: float = 0.0) -> np.ndarray:
+def torso_layer(frame: np.ndarray, labels: np.ndarray, neck_extension: float = 0.0,
+                background: bool = False) -> np.ndarray:
     """The torso/neck layer of one frame, for compositing under the head: uint8 [S, S, 4] RGBA.
 
     It is the frame's own torso and neck pixels (alpha 255), derived on demand from frames.mp4 and
@@ -185,10 +197,13 @@ def torso_layer(frame: np.ndarray, labels: np.ndarray, neck_extension: float = 0
     higher than the replayed one, it then uncovers neck skin instead of the background plate (a seam of
     background colour under the chin, seen on the demo). The head covers those pixels wherever it lies as
     in the replayed frame.
+
+    ``background``: the frame's own background pixels belong to the layer too (a moving camera, whose background
+    the one plate cannot show; ``FitConfig.replay_background``).
     """
     if frame.shape[:2] != labels.shape or frame.shape[-1] != 3:
         raise ValueError(f"frame [S, S, 3] and labels [S, S] expected, got {frame.shape} and {labels.shape}")
-    alpha = _TORSO_TABLE[labels][..., None]  # [S, S, 1]
+    alpha = (_UNDER_TABLE if background else _TORSO_TABLE)[labels][..., None]  # [S, S, 1]
     rgba = np.concatenate([frame * alpha, alpha * np.uint8(255)], axis=-1)
     reach = int(round(neck_extension * labels.shape[0]))
     neck = labels == schema.Label.NECK

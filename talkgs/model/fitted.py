@@ -122,6 +122,12 @@ class FittedModel:
         return float(self.header.get("neck_extension", 0.0))
 
     @property
+    def layer_background(self) -> bool:
+        """Whether the torso layers hold their frames' background too (``FitConfig.replay_background``); False for
+        models from before it existed."""
+        return bool(self.header.get("layer_background", False))
+
+    @property
     def K(self) -> np.ndarray:
         """[3, 3] intrinsics at ``layer_size``."""
         return np.array(self.header["K"], np.float64)
@@ -243,7 +249,7 @@ def load_model(source: str | os.PathLike, device: str | torch.device = "cpu") ->
 
 def header_for(head: TalkingHead, *, audio_dim: int, fps: float, resolution: int, layer_size: int, K: np.ndarray,
                audio: dict, backend: str, device: str, source: str, draws: dict[str, bool],
-               neck_extension: float = 0.0) -> dict:
+               neck_extension: float = 0.0, layer_background: bool = False) -> dict:
     """The JSON header of a fitted model (every field the forward pass and the driver read)."""
     from talkgs import __version__
 
@@ -252,5 +258,6 @@ def header_for(head: TalkingHead, *, audio_dim: int, fps: float, resolution: int
         "head": to_dict(head.cfg), "audio_dim": int(audio_dim), "audio": audio, "fps": float(fps),
         "resolution": int(resolution), "layer_size": int(layer_size), "K": np.asarray(K, np.float64).tolist(),
         "backend": backend, "device": device, "draws": dict(draws), "neck_extension": float(neck_extension),
+        "layer_background": bool(layer_background),
         "gaussians": head.face.num_gaussians, "mouth_gaussians": head.mouth.num_gaussians,
     }

@@ -93,6 +93,11 @@ class TrackingConfig:
     (and above ``cut_min_px``) is a cut in the video; smoothing never crosses a cut."""
     cut_min_px: float = 6.0
     """Minimum mean landmark displacement in output pixels for a cut."""
+    camera_moving_px: float = 0.3
+    """The camera counts as moving (``prepare_report.json: camera_motion``) when the background shifts by more than
+    this many pixels per 256 px of frame side between consecutive frames, at the 95th percentile. A tripod shot's
+    background moves by compression noise alone (the demo clip: 0.02 px); a phone held in the hand by a pixel or
+    more."""
 
 
 @dataclass
@@ -103,6 +108,45 @@ class MaskConfig:
     """Half width of the neck band below the jaw, in face widths."""
     neck_length: float = 0.55
     """Length of the neck band below the chin, in face heights."""
+
+
+@dataclass
+class OcclusionConfig:
+    """What covers the face (``talkgs.prepare.occlusion``): found in prepare, painted ``Label.OCCLUDED``, left out of
+    the fit's loss."""
+
+    enabled: bool = True
+    texture_px: int = 64
+    """Side of the face texture the appearance check compares frames in (about one texel per pixel of a face
+    64 px wide; larger faces are compared at this detail, which is enough for a hand or a microphone)."""
+    reference_frames: int = 200
+    """Frames (evenly spaced) whose per-texel median is the face as it usually looks."""
+    min_difference: float = 0.12
+    """A texel counts as covered when its colour (0-1, mean over RGB, exposure normalised) differs from the
+    usual face by more than this and by more than ``spread_factor`` times its own usual variation. On the demo
+    clip, whose face nothing covers, 0.12 flags no frame; a skin-toned hand pasted over it is found in every frame
+    it covers (tests/test_occlusion.py)."""
+    spread_factor: float = 4.0
+    """Texels that vary anyway (eyelids, lips, moving shadows) need this many robust standard deviations."""
+    triangle_fraction: float = 0.5
+    """A face-mesh triangle is painted covered when this share of its texels is."""
+    min_face_fraction: float = 0.01
+    """A frame with less of its face covered than this is left as it is (compression noise, a stray highlight)."""
+    hands: bool = True
+    """Also look for hands with MediaPipe Hands (about 10 ms per frame on one core)."""
+    hand_confidence: float = 0.5
+    """MediaPipe Hands' detection and tracking confidence."""
+    hand_margin: float = 0.15
+    """A found hand is painted as its landmarks' hull widened by this fraction of its size (the fingers' width)."""
+    max_face_fraction: float = 0.25
+    """A face covered beyond this share is treated as not found: its landmarks (MediaPipe's guess under the hand,
+    which pulls the tracked head pose with it) are interpolated from the frames around it, and the whole head is
+    labelled covered. On the synthetic hand of ``tools/hard_cases.py`` the tracked yaw and pitch jump by several
+    degrees while the hand covers more than about a quarter of the face."""
+    mouth_fraction: float = 0.2
+    """A frame whose lips are covered beyond this share has no usable mouth: its tracked mouth (the landmarks
+    MediaPipe guesses under the hand) trains neither the landmark loss nor the speech model
+    (``signals.npz: mouth_occluded``)."""
 
 
 @dataclass
@@ -133,6 +177,7 @@ class PrepareConfig:
     tracking: TrackingConfig = field(default_factory=TrackingConfig)
     masks: MaskConfig = field(default_factory=MaskConfig)
     background: BackgroundConfig = field(default_factory=BackgroundConfig)
+    occlusion: OcclusionConfig = field(default_factory=OcclusionConfig)
     signals: SignalConfig = field(default_factory=SignalConfig)
     audio: AudioConfig = field(default_factory=AudioConfig)
     test_fraction: float = 1.0 / 11.0

@@ -113,3 +113,48 @@ class MotionCheck:
             return round(float(np.concatenate(parts).mean()), 4) if parts else None
 
         return {"tracked_head": mean(self._pose), "raw_landmarks": mean(self._landmarks)}
+
+
+class CameraMotion:
+    """The camera's own motion: how the background moves between consecutive frames (KLT on corners of the
+    background, median displacement), measured where the background shows.
+
+    The fit models the head relative to the camera, so a handheld camera moves nothing of the head; what it moves
+    is the background and the torso, which the renderer replays from the frames. The background plate, though, is
+    one picture for the whole video: a moving camera smears it, and a render that shows the plate (a new pose, a
+    still torso) shows that smear.
+    """
+
+    #: Corners tracked per frame pair, and the fewest that make a measurement.
+    corners = 200
+    min_points = 8
+
+    def __init__(self, fb_max_px: float, margin_px: int):
+        self.fb_max_px = fb_max_px
+        self.margin_px = margin_px
+        self.shifts: list[np.ndarray] = []  # [2] per measured frame pair
+        self.frames: list[int] = []
+
+    def add(self, i: int, prev_gray: np.ndarray, gray: np.ndarray, background: np.ndarray) -> None:
+        """Frame ``i`` against ``i - 1``; ``background`` [H, W] bool: pixels of the background in frame i - 1."""
+        k = 2 * self.margin_px + 1  # corners near the person move with them, not with the camera
+        mask = cv2.erode(background.astype(np.uint8), np.ones((k, k), np.uint8))
+        pts = cv2.goodFeaturesToTrack(prev_gray, self.corners, 0.01, 5, mask=mask)
+        if pts is None or len(pts) < self.min_points:
+            return
+        d, v = klt(prev_gray, gray, pts.reshape(-1, 2) + 0.5, self.fb_max_px)
+        if v.sum() >= self.min_points:
+            self.shifts.append(np.median(d[v], 0))
+            self.frames.append(i)
+
+    def result(self, moving_px: float) -> dict:
+        """The report: per-frame shift statistics in pixels, the path's extent, and whether the camera moves (its
+        95th-percentile shift per frame above ``moving_px``)."""
+        if not self.shifts:
+            return {"measured_frames": 0, "median_px": None, "p95_px": None, "extent_px": None, "moving": None}
+        d = np.asarray(self.shifts)  # [M, 2]
+        step = np.linalg.norm(d, axis=-1)
+        path = np.cumsum(d, 0)
+        p95 = float(np.percentile(step, 95))
+        return {"measured_frames": len(d), "median_px": round(float(np.median(step)), 3), "p95_px": round(p95, 3),
+                "extent_px": round(float(np.ptp(path, 0).max()), 1), "moving": bool(p95 > moving_px)}

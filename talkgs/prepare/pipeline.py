@@ -10,6 +10,7 @@ Everything is written to a staging folder and moved into place at the end.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import resource
 import time
@@ -26,9 +27,10 @@ from talkgs.data.topology import MOTION_CHECK, RIGID
 from talkgs.errors import TalkgsError
 from talkgs.prepare.background import BackgroundPlate, sample_indices
 from talkgs.prepare.config import PrepareConfig
-from talkgs.prepare.flow import MotionCheck, klt
+from talkgs.prepare.flow import CameraMotion, MotionCheck, klt
 from talkgs.prepare.landmarks import FaceMeshDetector, SubjectFollower, choose_crop, fill_gaps
 from talkgs.prepare.masks import LabelMapper, PersonSegmenter
+from talkgs.prepare.occlusion import COVERABLE, FaceTexture, OcclusionFinder, Occlusions, paint
 from talkgs.prepare.signals import compute_signals
 from talkgs.prepare.sync import energy_envelope, estimate_offset, shift_audio
 from talkgs.prepare.tracking import track_head
@@ -65,6 +67,7 @@ class _Detections:
     flow: np.ndarray  # [F, P, 2] KLT motion of the rigid landmarks from frame i-1 to i
     flow_valid: np.ndarray  # [F, P] bool
     max_faces: int
+    occlusions: Occlusions | None  # what covers the face, per frame (None: not looked for)
 
 
 def _detect(video: Path, info: media.VideoInfo, cfg: PrepareConfig) -> _Detections:
@@ -80,13 +83,17 @@ def _detect(video: Path, info: media.VideoInfo, cfg: PrepareConfig) -> _Detectio
     flow: list[np.ndarray] = []
     valid: list[np.ndarray] = []
     grays: dict[int, np.ndarray] = {}  # frames whose flow into the next frame is still to be measured
+    colours: dict[int, np.ndarray] = {}  # frames read but not yet decided (their face texture is still to take)
     rigid = list(RIGID)
+    occlusion = OcclusionFinder(cfg.occlusion) if cfg.occlusion.enabled else None
 
     def decided(faces: list[np.ndarray | None]) -> None:
         # The follower decides frames in order, possibly a few frames late (subject selection).
         for lm in faces:
             j = len(subject)
             subject.append(lm)
+            if occlusion is not None:
+                occlusion.add_texture(colours.pop(j), lm, scale)
             prev = subject[j - 1] if j else None
             if prev is None:
                 flow.append(np.zeros((len(rigid), 2)))
@@ -102,17 +109,21 @@ def _detect(video: Path, info: media.VideoInfo, cfg: PrepareConfig) -> _Detectio
         frames = media.read_frames(video, (dw, dh), fps=cfg.video.fps, filters=filters)
         for k, frame in enumerate(log.progress(frames, total=expected, desc="landmarks", unit="frame")):
             grays[k] = cv2.cvtColor(frame, cv2.COLOR_RGB2GRAY)
+            if occlusion is not None:
+                colours[k] = frame
+                occlusion.add_hands(frame, scale)
             decided(follower.push(detector(frame, scale=scale)))
         decided(follower.flush())
     finally:
         detector.close()
+    occlusions = occlusion.finish() if occlusion is not None else None
     found = np.array([s is not None for s in subject], bool)
     pts = np.zeros((len(subject), 478, 3), np.float32)
     for i, s in enumerate(subject):
         if s is not None:
             pts[i] = s
     return _Detections(pts, found, np.array(flow).reshape(-1, len(rigid), 2),
-                       np.array(valid).reshape(-1, len(rigid)), follower.max_faces_seen)
+                       np.array(valid).reshape(-1, len(rigid)), follower.max_faces_seen, occlusions)
 
 
 def prepare(video: str | Path, out: str | Path, cfg: PrepareConfig | None = None, force: bool = False) -> dict:
@@ -153,6 +164,12 @@ def prepare(video: str | Path, out: str | Path, cfg: PrepareConfig | None = None
     if not found.any():
         raise TalkgsError(f"no face found in {video}")
     pts_src = fill_gaps(pts_src, found, fps, cfg.face)
+    usable = found
+    if det.occlusions is not None:
+        # A mostly covered face's landmarks follow the occluder: take them (and the pose) from the frames around.
+        usable = found & ~(det.occlusions.face_fraction > cfg.occlusion.max_face_fraction)
+        if (found & ~usable).any():
+            pts_src = fill_gaps(pts_src, usable, fps, dataclasses.replace(cfg.face, max_missing_fraction=1.0))
     crop = choose_crop(pts_src, (info.width, info.height), cfg.video.size, cfg.video.allow_upscale, cfg.face)
     size = crop.out_size
     pts = crop.to_output(pts_src).astype(np.float32)  # [F, 478, 3] output pixels
@@ -161,7 +178,7 @@ def prepare(video: str | Path, out: str | Path, cfg: PrepareConfig | None = None
     # -- tracking and signals ----------------------------------------------------------------------
     principal = tuple(crop.to_output(np.array([[info.width / 2, info.height / 2]]))[0])
     # Interpolated frames have no flow of their own, and flow into or out of them is meaningless.
-    flow_valid = det.flow_valid & found[:, None] & np.concatenate([[False], found[:-1]])[:, None]
+    flow_valid = det.flow_valid & usable[:, None] & np.concatenate([[False], usable[:-1]])[:, None]
     track = track_head(pts[..., :2], pts, principal, info.width * crop.scale, cfg.tracking,
                        flow=det.flow * crop.scale, flow_valid=flow_valid)
     sig = compute_signals(track.landmarks3d, pts, cfg.signals)
@@ -210,16 +227,22 @@ def prepare(video: str | Path, out: str | Path, cfg: PrepareConfig | None = None
             from talkgs.prepare.preview import PreviewWriter
 
             (tmp / schema.PREVIEW_DIR).mkdir()
-            preview = PreviewWriter(tmp / schema.PREVIEW_VIDEO, size, fps, num, track.K, track.R, track.t, sig)
+            preview = PreviewWriter(tmp / schema.PREVIEW_VIDEO, size, fps, num, track.K, track.R, track.t, sig,
+                                    None if det.occlusions is None else det.occlusions.face_fraction)
         # Optical-flow check of the tracked motion at points the tracker never used.
         check = MotionCheck(cfg.tracking.flow_fb_max_px)
         check_idx = list(MOTION_CHECK)
         cam = np.einsum("fij,pj->fpi", track.R, track.template[check_idx]) + track.t[:, None]  # [F, P, 3]
         check_uv = np.einsum("ij,fpj->fpi", track.K, cam)
         check_uv = check_uv[..., :2] / check_uv[..., 2:]  # [F, P, 2]
-        check_at = found & np.concatenate([[False], found[:-1]])
+        check_at = usable & np.concatenate([[False], usable[:-1]])
         check_at[track.cuts] = False
-        prev_gray = None
+        camera = CameraMotion(cfg.tracking.flow_fb_max_px, cfg.background.person_margin_px)
+        occlusions = det.occlusions
+        triangle_ids = FaceTexture.triangle_ids() if occlusions is not None else None
+        covered = np.zeros(num, np.float32)  # [F] share of the head's pixels covered
+        mouth_covered = np.zeros(num, bool)  # [F] the lips mostly covered
+        prev_gray = prev_background = None
         written = 0
         try:
             with media.VideoWriter(tmp / schema.FRAMES, (size, size), fps, "rgb", cfg.video.crf,
@@ -230,6 +253,16 @@ def prepare(video: str | Path, out: str | Path, cfg: PrepareConfig | None = None
                     if i >= num:
                         break
                     labels = mapper(segmenter(frame), pts[i])
+                    if occlusions is not None and occlusions.any(i):
+                        painted = paint(labels, pts[i], occlusions.triangles[i],
+                                        [crop.to_output(h) for h in occlusions.hands[i]], triangle_ids, cfg.occlusion)
+                        head = np.isin(labels, COVERABLE)
+                        lips = (labels == schema.Label.LIPS) | (labels == schema.Label.MOUTH)
+                        hidden = painted == schema.Label.OCCLUDED
+                        covered[i] = hidden.sum() / max(int(head.sum()), 1)
+                        share = (hidden & lips).sum() / max(int(lips.sum()), 1)
+                        mouth_covered[i] = share > cfg.occlusion.mouth_fraction
+                        labels = painted
                     frames_out.write(frame)
                     labels_out.write(labels)
                     if i in plate_at:
@@ -240,7 +273,8 @@ def prepare(video: str | Path, out: str | Path, cfg: PrepareConfig | None = None
                     if check_at[i]:
                         check.add(prev_gray, gray, check_uv[i - 1], check_uv[i], pts[i - 1, check_idx, :2],
                                   pts[i, check_idx, :2])
-                    prev_gray = gray
+                        camera.add(i, prev_gray, gray, prev_background)
+                    prev_gray, prev_background = gray, labels == schema.Label.BACKGROUND
                     written += 1
         finally:
             segmenter.close()
@@ -248,6 +282,15 @@ def prepare(video: str | Path, out: str | Path, cfg: PrepareConfig | None = None
             raise TalkgsError(f"the video gave {written} frames on the second read, {num} on the first; "
                               "it may be damaged")
         background, inpainted = plate.finish()
+        if covered.any():
+            log.info(f"something covers the face in {int((covered > 0).sum())} frames ({int(mouth_covered.sum())} "
+                     "with the lips): those pixels are left out of the fit (prepare_report.json: occlusion)")
+        camera_report = camera.result(cfg.tracking.camera_moving_px * size / 256)
+        if camera_report["moving"]:
+            log.warn(f"the camera moves: the background shifts by {camera_report['p95_px']:.1f} px between frames "
+                     f"(95th percentile; {camera_report['extent_px']:.0f} px in all). The fit follows the head and "
+                     "replays the torso and background from the frames; the background plate, one picture for the "
+                     "whole video, is smeared where a render shows it")
         timer.lap("frames")
 
         # -- arrays, manifest, report ---------------------------------------------------------------
@@ -258,9 +301,9 @@ def prepare(video: str | Path, out: str | Path, cfg: PrepareConfig | None = None
         c2w = np.linalg.inv(w2c)
         np.savez(tmp / schema.CAMERAS, K=track.K, w2c=w2c, c2w=c2w, template=track.template,
                  rigid=np.array(RIGID), cuts=np.array(track.cuts, np.int64))
-        np.savez_compressed(tmp / schema.LANDMARKS, points=pts, found=found,
+        np.savez_compressed(tmp / schema.LANDMARKS, points=pts, found=usable,
                             canonical=track.landmarks3d.astype(np.float32))
-        np.savez(tmp / schema.SIGNALS, **sig)
+        np.savez(tmp / schema.SIGNALS, **sig, occluded=covered, mouth_occluded=mouth_covered)
         files = [schema.FRAMES, schema.LABELS_VIDEO, schema.LANDMARKS, schema.CAMERAS, schema.TRANSFORMS,
                  schema.SIGNALS, schema.BACKGROUND, schema.REPORT]
         if samples is not None:
@@ -287,6 +330,7 @@ def prepare(video: str | Path, out: str | Path, cfg: PrepareConfig | None = None
             "reprojection_rmse_unsmoothed_px": round(track.rmse_raw_px, 4),
             "focal_px": round(float(track.K[0, 0]), 3),
             "frames_without_face": int((~found).sum()),
+            "frames_mostly_covered": int((found & ~usable).sum()),
             "faces_max": int(max_faces),
             "av_offset_frames": None if offset is None else offset.frames,
             "av_offset_fine_frames": None if offset is None else round(offset.frames_fine, 3),
@@ -299,6 +343,8 @@ def prepare(video: str | Path, out: str | Path, cfg: PrepareConfig | None = None
             "test_frames": list(test),
             "cuts": list(track.cuts),
             "motion_error_px": check.result(),
+            "camera_motion": camera_report,
+            "occlusion": occlusion_report(occlusions, covered, mouth_covered, fps),
             "background_inpainted_fraction": round(inpainted, 4),
             "source": {"path": str(video), "width": info.width, "height": info.height, "fps": info.fps,
                        "duration_s": info.duration, "codec": info.codec},
@@ -351,14 +397,27 @@ def _write_transforms(path: Path, K: np.ndarray, c2w: np.ndarray, size: int, fps
     path.write_text(json.dumps(data))
 
 
+def occlusion_report(occlusions: Occlusions | None, covered: np.ndarray, mouth: np.ndarray, fps: float) -> dict:
+    """``prepare_report.json: occlusion``: which frames something covers the face in, and how much of it."""
+    if occlusions is None:
+        return {"checked": False}
+    hit = covered > 0
+    edges = np.flatnonzero(np.diff(np.concatenate([[0], hit.astype(np.int8), [0]])))
+    spans = [[int(a), int(b)] for a, b in zip(edges[0::2], edges[1::2])]
+    return {"checked": True, "frames": int(hit.sum()), "mouth_frames": int(mouth.sum()),
+            "hand_frames": int(sum(bool(h) for h in occlusions.hands)),
+            "max_head_fraction": round(float(covered.max(initial=0.0)), 4),
+            "spans": spans, "spans_s": [[round(a / fps, 2), round(b / fps, 2)] for a, b in spans]}
+
+
 def track_face(video: str | Path, fps: float, cfg: PrepareConfig | None = None) -> np.ndarray:
     """[T, 478, 3] canonical landmarks (head pose removed, metres) of the main face in ``video``, at
     ``fps``: the mouth of a driving video (``talkgs render --drive``), tracked as ``prepare`` tracks a
     subject, without cropping or writing anything. Frames without a face are interpolated."""
-    import dataclasses
-
     cfg = cfg or PrepareConfig()
-    cfg = dataclasses.replace(cfg, video=dataclasses.replace(cfg.video, fps=fps))
+    # Only the mouth's movement is wanted here: no label maps, so no occlusions to look for.
+    cfg = dataclasses.replace(cfg, video=dataclasses.replace(cfg.video, fps=fps),
+                              occlusion=dataclasses.replace(cfg.occlusion, enabled=False))
     video = Path(video)
     if not video.is_file():
         raise TalkgsError(f"video {video} does not exist")

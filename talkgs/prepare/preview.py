@@ -20,6 +20,7 @@ LABEL_COLOURS = {  # RGB
     Label.LIPS: (220, 20, 60),
     Label.MOUTH: (148, 0, 211),
     Label.EYES: (0, 255, 0),
+    Label.OCCLUDED: (255, 235, 0),
 }
 TRACE_COLOURS = {  # RGB
     "blink_left": (0, 200, 255),
@@ -28,6 +29,7 @@ TRACE_COLOURS = {  # RGB
     "yaw": (255, 200, 0),
     "pitch": (120, 255, 120),
     "roll": (255, 120, 255),
+    "occluded": (255, 235, 0),
 }
 #: Previews of small subjects are drawn at least this large so the landmarks stay readable.
 MIN_DISPLAY_PX = 384
@@ -128,11 +130,21 @@ def draw_traces(series: dict[str, np.ndarray], width: int, height: int, cursor: 
     return panel
 
 
+def covered_tiles(occluded: np.ndarray, most: int) -> list[int]:
+    """The most covered frame of each of the ``most`` longest stretches of frames with ``occluded`` [F] > 0."""
+    hit = np.asarray(occluded) > 0
+    edges = np.flatnonzero(np.diff(np.concatenate([[0], hit.astype(np.int8), [0]])))
+    spans = sorted(zip(edges[0::2], edges[1::2]), key=lambda ab: ab[0] - ab[1])[:most]
+    return sorted(int(a + np.argmax(occluded[a:b])) for a, b in spans)
+
+
 class PreviewWriter:
     """Builds the overlay video frame by frame and keeps the tiles of the contact sheet."""
 
     def __init__(self, path, size: int, fps: float, num_frames: int, K: np.ndarray, R: np.ndarray, t: np.ndarray,
-                 signals: dict[str, np.ndarray]):
+                 signals: dict[str, np.ndarray], occluded: np.ndarray | None = None):
+        """``occluded``: [F] share of the face something covers (``talkgs.prepare.occlusion``): traced, and the most
+        covered frame of each of the longest covered stretches gets a tile of the contact sheet."""
         from talkgs.utils.media import VideoWriter
 
         self.k = display_scale(size)
@@ -150,7 +162,11 @@ class PreviewWriter:
         self.fps = fps
         self.trace_h = self.disp // 3 - (self.disp // 3) % 2
         cols, rows = SHEET_TILES
-        self.tile_idx = set(np.linspace(0, num_frames - 1, cols * rows).round().astype(int).tolist())
+        shown = covered_tiles(occluded, cols * rows // 3) if occluded is not None else []
+        if shown:
+            self.series["occluded"] = occluded
+        even = np.linspace(0, num_frames - 1, cols * rows - len(shown)).round().astype(int).tolist()
+        self.tile_idx = set(even) | set(shown)
         self.tiles: dict[int, np.ndarray] = {}
         self.writer = VideoWriter(path, (2 * self.disp, self.disp + self.trace_h), fps, crf=20, preset="veryfast",
                                   pix_fmt="yuv420p")
@@ -178,7 +194,8 @@ class PreviewWriter:
                         (255, 255, 255), 1, cv2.LINE_AA)
             grid[r * tile:(r + 1) * tile, c * tile:(c + 1) * tile] = img
         w = grid.shape[1]
-        eyes = draw_traces({k: self.series[k] for k in ("blink_left", "blink_right", "mouth_open")}, w, 110,
+        eyes = draw_traces({k: self.series[k] for k in ("blink_left", "blink_right", "mouth_open", "occluded")
+                            if k in self.series}, w, 110,
                            marks=cuts, shade=test_range)
         pose = draw_traces({k: self.series[k] for k in ("yaw", "pitch", "roll")}, w, 110, marks=cuts,
                            shade=test_range)

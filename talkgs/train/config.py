@@ -11,6 +11,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from talkgs.model.init_head import InitConfig
+from talkgs.model.local_check import LOCAL_EXCESS_MAX
 from talkgs.model.talking_head import HeadConfig
 
 
@@ -102,6 +103,24 @@ class StageConfig:
 
 
 @dataclass
+class SelfCheckConfig:
+    enabled: bool = True
+    threshold: float = LOCAL_EXCESS_MAX
+    """A held-out frame fails when a patch outside the lips is worse than the static head's by more than this
+    (the mean colour error, 0-1; ``talkgs eval``'s local check uses the same number)."""
+    share: float = 0.9
+    """The Gaussians mended for a blotch: the fewest whose contributions to its pixels add up to this share."""
+    hidden_opacity: float = 1e-3
+    """Opacity given to a Gaussian the static head hardly shows when giving it back its static colour did not
+    remove the blotch it paints."""
+    static_share: float = 0.25
+    """A Gaussian counts as hardly shown by the static head when its contribution to the blotch's pixels there is
+    below this fraction of its contribution in the stage's render."""
+    rounds: int = 3
+    """Mending rounds (find, mend, check again) before the check is reported failed."""
+
+
+@dataclass
 class FitConfig:
     resolution: int = 256
     """Training image side in pixels; frames are downscaled from the subject's own size, never enlarged (a smaller
@@ -126,6 +145,14 @@ class FitConfig:
         StageConfig(name="face", iterations=1500, sampler="incremental", densify=DensifyConfig(enabled=False)),
         StageConfig(name="fuse", iterations=400, lr=LRConfig(network=5e-4), densify=DensifyConfig(enabled=False)),
     ])
+    max_occluded: float = 0.2
+    """Training frames with more of the head covered than this (``talkgs prepare``'s occlusions: a hand, a
+    microphone) are left out of the fit altogether: under a hand that large, MediaPipe's landmarks and so the head
+    pose follow the hand. Less covered frames train on their uncovered pixels; frames whose lips are covered train
+    neither the landmark loss nor the mouth code and its speech model."""
+    self_check: SelfCheckConfig = field(default_factory=SelfCheckConfig)
+    """After every stage with motion, the local error check on the held-out frames against the static head, and
+    the mending of what fails (``talkgs.train.selfcheck``)."""
     checkpoint_every: int = 250
     """Steps between resumable checkpoints (Ctrl-C also saves one)."""
     val_every: int = 500
@@ -141,6 +168,17 @@ class FitConfig:
     (``data.subject.torso_layer``): a jaw that new speech closes higher than in the replayed frame uncovers neck
     skin rather than the background. 0.06 is 15 px at 256, about the chin's travel from a closed to a wide-open
     mouth."""
+    replay_background: str = "auto"
+    """Whether the layers under the head (training's and the fitted model's replayed frames) hold each frame's own
+    background, not only its torso: "auto" when ``talkgs prepare`` found the camera moving (prepare_report.json:
+    camera_motion), "always" or "never". A still camera's background is the one plate (clean, and a smaller model);
+    a handheld camera's background moves, and the plate, its median, matches no frame (the demo clip shaken by
+    ``tools/hard_cases.py``: held-out PSNR of the frame 29.67 dB with the plate; docs/footage.md)."""
     model_layer_size: int | None = None
     """Side in pixels of the background plate and torso layers stored in the fitted model; None: the
     training resolution. Larger keeps them sharp when rendering larger than the fit (``--size``)."""
+
+    def __post_init__(self) -> None:
+        if self.replay_background not in ("auto", "always", "never"):
+            raise ValueError("FitConfig.replay_background must be auto, always or never, got "
+                             f"{self.replay_background!r}")

@@ -8,6 +8,12 @@ import torch
 from talkgs.data.frames import SubjectFrames, pick_device
 from talkgs.data.subject import Subject
 from talkgs.train.config import FitConfig
+from talkgs.utils import log
+
+
+def replays_background(cfg: FitConfig, subject: Subject) -> bool:
+    """``FitConfig.replay_background`` resolved for ``subject``."""
+    return cfg.replay_background == "always" or (cfg.replay_background == "auto" and subject.camera_moving)
 
 
 class FitContext(SubjectFrames):
@@ -16,7 +22,7 @@ class FitContext(SubjectFrames):
 
     def __init__(self, subject: Subject, cfg: FitConfig):
         super().__init__(subject, cfg.resolution, pick_device(cfg.device), tuple(cfg.head.audio_encoders),
-                         tuple(cfg.head.expression), cfg.neck_extension)
+                         tuple(cfg.head.expression), cfg.neck_extension, replays_background(cfg, subject))
         self.cfg = cfg
         # Scene scale for learning rates and densification thresholds: the camera's distance.
         self.scene_scale = float(np.median(np.linalg.norm(subject.w2c[:, :3, 3], axis=-1)))
@@ -27,7 +33,19 @@ class FitContext(SubjectFrames):
         # Tracked landmarks at training resolution: the targets of the landmark loss.
         self.landmarks = torch.tensor(subject.landmarks[..., :2] * scale, dtype=torch.float32,
                                       device=self.device)  # [F, 478, 2]
-        self.landmarks_found = torch.tensor(subject.landmarks_found, device=self.device)  # [F]
+        found = subject.landmarks_found.copy()
+        #: Training frames whose tracked mouth can be trusted (not covered): the mouth code and speech model's.
+        self.mouth_train_indices = self.train_indices
+        if "occluded" in signals:  # subjects prepared before occlusions were looked for have none
+            covered, mouth = signals["occluded"], signals["mouth_occluded"].astype(bool)
+            keep = covered[self.train_indices] <= cfg.max_occluded
+            if not keep.all():
+                log.info(f"{int((~keep).sum())} training frames are more than {cfg.max_occluded:.0%} covered "
+                         "(prepare_report.json: occlusion): left out of the fit")
+            self.train_indices = self.train_indices[keep]
+            self.mouth_train_indices = self.train_indices[~mouth[self.train_indices]]
+            found &= ~mouth
+        self.landmarks_found = torch.tensor(found, device=self.device)  # [F] the landmark loss's frames
         self.template = torch.tensor(subject.template, dtype=torch.float32, device=self.device)  # [478, 3]
         #: [F, C] the tracked mouth codes that drive training renders (``HeadConfig.drive = "code"``;
         #: set by the trainer once the head's basis exists), else None.

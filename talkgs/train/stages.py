@@ -99,13 +99,15 @@ class Stage:
         labels = batch.labels
         head = label_mask(labels, self._head_labels)
         mouth = labels == Label.MOUTH
-        colour = torch.ones_like(mouth) if self.mouth else ~mouth
+        # Covered pixels (a hand in front of the face) say nothing about the head: neither its colour nor its shape.
+        seen = labels != Label.OCCLUDED
+        colour = (torch.ones_like(mouth) if self.mouth else ~mouth) & seen
         # Neck pixels are "don't care" for alpha: the head may cover the top of the neck there.
         return {
             "colour": colour[..., None].float(),
             "head": head[..., None].float(),
             "alpha_target": head[..., None].float(),
-            "alpha_weight": (labels != Label.NECK)[..., None].float(),
+            "alpha_weight": ((labels != Label.NECK) & seen)[..., None].float(),
             "mouth": mouth[..., None].float(),
         }
 

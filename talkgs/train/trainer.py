@@ -35,6 +35,7 @@ from talkgs.model.talking_head import TalkingHead
 from talkgs.train.checkpoint import load_checkpoint, save_checkpoint
 from talkgs.train.config import FitConfig, StageConfig
 from talkgs.train.context import FitContext
+from talkgs.train.selfcheck import appearance, check_and_mend
 from talkgs.train.stages import STAGES
 from talkgs.train.strategy import make_strategy
 from talkgs.utils import log, media
@@ -63,12 +64,15 @@ def fitted_model(subject: Subject, cfg: FitConfig, frames: SubjectFrames, head: 
     taken from ``subject`` (``frames``: the subject at the fit's resolution)."""
     size = cfg.model_layer_size or cfg.resolution
     cache = frames.cache if size == frames.resolution else open_cache(subject, size)
-    run = longest_run(subject.train_indices, subject.cuts)
+    clear = subject.train_indices
+    if "occluded" in subject.signals:  # replayed frames show no hand in front of the face or the torso
+        clear = clear[subject.signals["occluded"][clear] == 0]
+    run = longest_run(clear if len(clear) else subject.train_indices, subject.cuts)
     if len(run) > cfg.replay_frames:  # the middle of a long run
         start = (len(run) - cfg.replay_frames) // 2
         run = run[start:start + cfg.replay_frames]
-    torso = {int(i): encode_layer(torso_layer(np.array(cache.frames[i]), np.array(cache.labels[i]), cfg.neck_extension))
-             for i in run}
+    torso = {int(i): encode_layer(torso_layer(np.array(cache.frames[i]), np.array(cache.labels[i]), cfg.neck_extension,
+                                              frames.layer_background)) for i in run}
     plate = cv2.resize(subject.background, (size, size), interpolation=cv2.INTER_AREA)
     expression = expression_track(subject, tuple(cfg.head.expression)).astype(np.float32).astype(np.float64)
     train = subject.train_indices
@@ -80,7 +84,7 @@ def fitted_model(subject: Subject, cfg: FitConfig, frames: SubjectFrames, head: 
                         K=scale_intrinsics(subject.K, size / subject.size),
                         audio=subject.meta.get("config", {}).get("audio", {}), backend=cfg.backend, device=cfg.device,
                         source=subject.root.resolve().name, draws=STAGES[cfg.stages[-1].name].draws(),
-                        neck_extension=cfg.neck_extension)
+                        neck_extension=cfg.neck_extension, layer_background=frames.layer_background)
     return FittedModel(head, header, replay, encode_layer(plate), torso)
 
 
@@ -172,6 +176,8 @@ class Trainer:
         self.ctx = ctx
         gen = torch.Generator().manual_seed(cfg.seed)
         report: dict = {"stages": {}}
+        #: The static head's face appearance (``selfcheck.appearance``), kept when a stage without motion ends.
+        self.static: dict[str, torch.Tensor] | None = None
         ckpt = load_checkpoint(self.root / schema.CHECKPOINT, ctx.device) if self.resume else None
         audio_dim = ctx.features.shape[-1] if ctx.features is not None else 1
         if ckpt is not None:
@@ -179,6 +185,7 @@ class Trainer:
             gen.set_state(ckpt["sampler"])
             torch.set_rng_state(ckpt["rng"])
             report = json.loads(ckpt["report"])
+            self.static = ckpt.get("static_face") or None
             first_stage, first_step = int(ckpt["stage_index"]), int(ckpt["step"])
             log.info(f"resuming stage {cfg.stages[first_stage].name if first_stage < len(cfg.stages) else 'end'} "
                      f"at step {first_step}")
@@ -187,13 +194,22 @@ class Trainer:
             first_stage, first_step = 0, 0
         if cfg.head.drive == "code":
             ctx.codes = head.mouth_code.encode(self.subject.canonical_landmarks).to(ctx.device)
-            report.setdefault("mouth_code", speech_report(head, ctx.features, ctx.codes, ctx.train_indices,
+            report.setdefault("mouth_code", speech_report(head, ctx.features, ctx.codes, ctx.mouth_train_indices,
                                                               ctx.test_indices))
         for k in range(first_stage, len(cfg.stages)):
             stage_cfg = cfg.stages[k]
             resume_state = ckpt if (ckpt is not None and k == first_stage and first_step > 0) else None
             report["stages"][stage_cfg.name] = self._run_stage(k, stage_cfg, head, gen, report,
                                                                first_step if resume_state else 0, resume_state)
+        checks = {name: r["self_check"] for name, r in report["stages"].items() if "self_check" in r}
+        if checks:
+            passed = all(c["passed"] for c in checks.values())
+            report["self_check"] = {"passed": passed, "stages": list(checks)}
+            if not passed:
+                last = checks[list(checks)[-1]]
+                log.warn(f"self-check failed: {last['over_after']} of {last['frames']} held-out frames keep a blotch "
+                         f"(local error up to {last['worst_after']:.3f}) after mending; see {schema.FIT_REPORT}: "
+                         "self_check")
         model = fitted_model(self.subject, cfg, ctx, head)
         model.save(self.root / schema.MODEL)
         report.update({"talkgs_version": talkgs.__version__, "device": str(ctx.device), "resolution": cfg.resolution,
@@ -214,7 +230,7 @@ class Trainer:
                                          init_opacity=cfg.init.init_opacity,
                                          scale_multiplier=cfg.init.scale_multiplier)
         # The mouth cavity, coloured from the frames where the mouth is widest open.
-        train = ctx.train_indices
+        train = ctx.mouth_train_indices
         widest = train[np.argsort(ctx.mouth_open[train])[-cfg.init.init_frames:]]
         eye_width = float(np.linalg.norm(self.subject.template[263] - self.subject.template[33]))
         open_m = float(np.percentile(ctx.mouth_open[train], 95)) * eye_width
@@ -231,6 +247,7 @@ class Trainer:
             head.set_input_stats(ctx.features[train_t].cpu(), ctx.expression[train_t].cpu())
         if cfg.head.drive == "code":
             canonical = self.subject.canonical_landmarks
+            train = ctx.mouth_train_indices
             kept = head.mouth_code.fit(canonical[train])
             log.info(f"mouth code: {cfg.head.code.components} components keep {100 * kept:.1f} % of the lip and "
                      "jaw movement of the training frames")
@@ -246,6 +263,7 @@ class Trainer:
             "optimizers": {k: o.state_dict() for k, o in optimizers.items()} if optimizers else {},
             "strategy": strategy_state or {},
             "sampler": gen.get_state(), "rng": torch.get_rng_state(), "report": json.dumps(report),
+            "static_face": self.static or {},
         })
 
     def _run_stage(self, index: int, cfg: StageConfig, head: TalkingHead, gen: torch.Generator, report: dict,
@@ -315,8 +333,16 @@ class Trainer:
                              "continue with talkgs fit --resume")
                     raise KeyboardInterrupt
         seconds = time.perf_counter() - t0
+        moves = stage.face_motion or stage.mouth_motion
+        check = None
+        if moves and self.cfg.self_check.enabled:
+            check = check_and_mend(stage, ctx, self.static, self.cfg.self_check)
+        elif not moves:
+            self.static = appearance(head.face)
         result = {"seconds": round(seconds, 1), "iterations": cfg.iterations, "gaussians": head.face.num_gaussians,
                   "mouth_gaussians": head.mouth.num_gaussians, **self._evaluate(stage, cfg.name)}
+        if check is not None:
+            result["self_check"] = check
         report["stages"][cfg.name] = result
         self._checkpoint(index + 1, 0, head, None, None, gen, report)
         scores = ", ".join(f"{result[k]:.2f} dB {k.removeprefix('psnr_') if k != 'psnr' else 'frame'}"
