@@ -77,9 +77,10 @@ def fitted(subject: str, work: Path) -> tuple[Path, dict, float]:
     return root, json.loads((root / schema.REPORT).read_text()), time.perf_counter() - t0
 
 
-def covered_frames_against_clean(root: Path, clean: Path) -> dict:
-    """The occluder's fit rendered at the training frames its hand covered, against the clean clip's frames (head
-    PSNR, local excess over the same Gaussians without motion)."""
+def covered_frames_against_clean(root: Path, clean: Path, covered: np.ndarray | None = None) -> dict:
+    """An occluded clip's fit rendered at the training frames that were covered (``covered``; by default those its
+    own prepare found), against the clean clip's frames (head PSNR, local excess over the same Gaussians without
+    motion). A fit from before occlusions were looked for is scored on the frames a newer prepare found."""
     import torch
 
     from talkgs.data import schema
@@ -89,7 +90,8 @@ def covered_frames_against_clean(root: Path, clean: Path) -> dict:
 
     model, ctx = load_fitted(root, "cpu")
     _, truth = load_fitted(clean, "cpu")
-    covered = np.flatnonzero(np.load(root / schema.SIGNALS)["occluded"] > 0)
+    if covered is None:
+        covered = np.flatnonzero(np.load(root / schema.SIGNALS)["occluded"] > 0)
     head_ids = label_table(schema.HEAD_LABELS)
     scores, excess = [], []
     with torch.no_grad():

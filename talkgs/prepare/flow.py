@@ -147,6 +147,13 @@ class CameraMotion:
             self.shifts.append(np.median(d[v], 0))
             self.frames.append(i)
 
+    def per_frame(self, frames: int) -> np.ndarray:
+        """[F] the shift's length in pixels at each measured frame, 0 elsewhere."""
+        out = np.zeros(frames)
+        if self.shifts:
+            out[self.frames] = np.linalg.norm(np.asarray(self.shifts), axis=-1)
+        return out
+
     def result(self, moving_px: float) -> dict:
         """The report: per-frame shift statistics in pixels, the path's extent, and whether the camera moves (its
         95th-percentile shift per frame above ``moving_px``)."""

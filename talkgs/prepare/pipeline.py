@@ -315,8 +315,10 @@ def prepare(video: str | Path, out: str | Path, cfg: PrepareConfig | None = None
         _write_transforms(tmp / schema.TRANSFORMS, track.K, c2w, size, fps, test)
         if preview is not None:
             title = (f"{video.name}  {num} frames @ {fps:g} fps  {size}px  f={track.K[0, 0]:.0f}px  "
-                     f"rmse={track.rmse_px:.2f}px  av={applied:+d}")
-            preview.finish(tmp / schema.PREVIEW_SHEET, track.cuts, test, title)
+                     f"rmse={track.rmse_px:.2f}px  av={applied:+d}"
+                     + ("  camera moves" if camera_report["moving"] else "")
+                     + (f"  covered: {int((covered > 0).sum())} frames" if covered.any() else ""))
+            preview.finish(tmp / schema.PREVIEW_SHEET, track.cuts, test, title, camera.per_frame(num))
             files += [schema.PREVIEW_VIDEO, schema.PREVIEW_SHEET]
         timer.lap("write")
 

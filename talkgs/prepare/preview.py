@@ -30,6 +30,7 @@ TRACE_COLOURS = {  # RGB
     "pitch": (120, 255, 120),
     "roll": (255, 120, 255),
     "occluded": (255, 235, 0),
+    "camera": (230, 230, 230),
 }
 #: Previews of small subjects are drawn at least this large so the landmarks stay readable.
 MIN_DISPLAY_PX = 384
@@ -182,7 +183,10 @@ class PreviewWriter:
         traces = draw_traces(self.series, 2 * self.disp, self.trace_h, cursor=i, window=(i - half, i + half + 1))
         self.writer.write(np.concatenate([np.concatenate([over, seg], 1), traces], 0))
 
-    def finish(self, sheet_path, cuts: list[int], test_range: tuple[int, int], title: str) -> None:
+    def finish(self, sheet_path, cuts: list[int], test_range: tuple[int, int], title: str,
+               camera: np.ndarray | None = None) -> None:
+        """``camera``: [F] the background's shift from the previous frame in pixels (``flow.CameraMotion``), traced
+        with the pose."""
         self.writer.close()
         cols, rows = SHEET_TILES
         tile = min(self.disp, 256)
@@ -197,8 +201,10 @@ class PreviewWriter:
         eyes = draw_traces({k: self.series[k] for k in ("blink_left", "blink_right", "mouth_open", "occluded")
                             if k in self.series}, w, 110,
                            marks=cuts, shade=test_range)
-        pose = draw_traces({k: self.series[k] for k in ("yaw", "pitch", "roll")}, w, 110, marks=cuts,
-                           shade=test_range)
+        traces = {k: self.series[k] for k in ("yaw", "pitch", "roll")}
+        if camera is not None:
+            traces["camera"] = camera
+        pose = draw_traces(traces, w, 110, marks=cuts, shade=test_range)
         head = np.full((26, w, 3), 0, np.uint8)
         cv2.putText(head, title, (6, 18), cv2.FONT_HERSHEY_SIMPLEX, 0.45, (255, 255, 255), 1, cv2.LINE_AA)
         sheet = np.concatenate([head, grid, eyes, pose], 0)
