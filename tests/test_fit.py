@@ -192,6 +192,11 @@ def test_eval_report_and_side_by_side_video(fitted, tmp_path, capsys):
     base = report["no_motion"]
     assert set(base) == {"psnr_head", "psnr_mouth", "lmd_px", "mouth_open_corr", "mouth_open_spread"}
     assert abs(base["psnr_head"] - report["psnr_head"]) < 3 and base["psnr_mouth"] != report["psnr_mouth"]
+    # The local check, driven by speech and (the code path) by each frame's own tracked mouth.
+    for key in ("local_error", "local_error_tracked"):
+        check = report[key]
+        assert check["threshold"] == 0.07 and 0 <= check["frames_over"] <= 45 and check["median_excess"] >= 0
+        assert report["test_frames"][0] <= check["worst_frame"] < report["test_frames"][1]
     info = media.probe_video(video)
     assert info.has_audio and info.width == 3 * 64 and abs(info.duration - 45 / 25) < 0.1
     assert sum(1 for _ in media.read_frames(video, (192, 64))) == 45

@@ -2,7 +2,10 @@
 
 After every stage with motion, the local error check (``talkgs.model.local_check``, the one ``talkgs eval``
 runs) compares each held-out frame as the stage renders it with the static head as the still stages left it
-(their face Gaussians, kept when the first motion stage starts; no motion). A patch of the head outside the lips
+(their face Gaussians, kept when the first motion stage starts; no motion), and with its own Gaussians without
+motion (what ``talkgs eval`` compares with); the larger excess counts. The mouth code path is driven by each
+frame's own tracked code here: where speech opens the jaw differently from the truth, the chin differs by design
+(the lip-sync measures judge that), and mending it would only blur the jaw. A patch of the head outside the lips
 that the stage made worse by more than the threshold is a blotch: a colour the motion stage gave a Gaussian, or a
 Gaussian the motion reveals whose colour nothing supervised.
 
@@ -54,15 +57,20 @@ def _swapped(face: GaussianModel, values: dict[str, torch.Tensor] | None) -> Ite
 
 def _excess_maps(stage, ctx: FitContext, static: dict[str, torch.Tensor] | None,
                  frames: np.ndarray) -> list[torch.Tensor]:
-    """[H, W] local excess of the stage's render over the static head's, per frame of ``frames``."""
+    """[H, W] local excess of the stage's render per frame of ``frames``: over the static head's render, and over
+    its own Gaussians' without motion (``talkgs eval``'s baseline), whichever is larger."""
     maps = []
     with torch.no_grad():
         for i in frames:
             batch = ctx.batch(int(i))
-            moving = stage.render(batch).image[0].clamp(0, 1)
-            with _swapped(stage.head.face, static):
-                still = stage.render(batch, motion=False).image[0].clamp(0, 1)
-            maps.append(local_excess_map(moving, still, batch.image, batch.labels))
+            moving = stage.render(batch, tracked=True).image[0].clamp(0, 1)
+            still = stage.render(batch, motion=False).image[0].clamp(0, 1)
+            excess = local_excess_map(moving, still, batch.image, batch.labels)
+            if static is not None:
+                with _swapped(stage.head.face, static):
+                    before = stage.render(batch, motion=False).image[0].clamp(0, 1)
+                excess = torch.maximum(excess, local_excess_map(moving, before, batch.image, batch.labels))
+            maps.append(excess)
     return maps
 
 
@@ -77,7 +85,7 @@ def _contributions(stage, ctx: FitContext, frame: int, region: torch.Tensor, mot
             p.requires_grad_(True)
         batch = ctx.batch(frame)
         with torch.enable_grad():
-            image = stage.render(batch, motion=motion).image[0]
+            image = stage.render(batch, motion=motion, tracked=True).image[0]
             err = ((image - batch.image).abs().mean(-1) * region).sum()
             g_sh0, g_opacity = torch.autograd.grad(err, params, allow_unused=True)
     finally:

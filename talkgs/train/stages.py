@@ -112,12 +112,14 @@ class Stage:
         }
 
     def render(self, batch: Batch, sh_degree: int | None = None, training: bool = False,
-               motion: bool = True) -> FrameOutput:
+               motion: bool = True, tracked: bool = False) -> FrameOutput:
         """One frame through the head's forward pass (``talkgs.render.render_frames``), B = 1.
 
         ``training``: the picture the loss sees, without the layers the stage leaves out while training
         (``face_layer``); otherwise every layer, as evaluation and validation show it.
         ``motion``: False renders the fitted Gaussians without their motion fields (evaluation's baseline).
+        ``tracked``: the mouth code path is driven by the frame's own tracked code, as in training, not by speech
+        (the fit's self-check: a mouth that speech opens differently from the truth is not an artifact).
         ``sh_degree``: the SH bands of the Gaussians this stage fits from scratch (its warm-up schedule,
         ``warm_up_sh``); Gaussians fitted already always show all their bands.
         """
@@ -126,7 +128,8 @@ class Stage:
         degrees = {name: sh_degree for name, model in (("face", head.face), ("mouth", head.mouth)) if model is trained}
         index = torch.tensor([batch.index], device=ctx.device)
         return render_frames(
-            head, ctx.drive(training), index, ctx.expression[index], batch.viewmat[None], batch.K, batch.under[None],
+            head, ctx.drive(training or tracked), index, ctx.expression[index], batch.viewmat[None], batch.K,
+            batch.under[None],
             face=self.face_layer or not training, mouth=self.mouth, face_motion=self.face_motion and motion,
             mouth_motion=self.mouth_motion and motion, sh_degree=degrees, backend=ctx.cfg.backend)
 
