@@ -121,7 +121,7 @@ def run(subject: str, work: Path, images: Path | None) -> dict:
            "prepare": {k: prep.get(k) for k in ("occlusion", "camera_motion", "frames_mostly_covered", "cuts")},
            "self_check": {k: v["self_check"] for k, v in fit["stages"].items() if "self_check" in v},
            "eval": {k: ev[k] for k in ("psnr", "ssim", "psnr_head", "psnr_mouth", "lmd_px", "mouth_open_corr",
-                                       "mouth_open_spread", "local_error", "no_motion")}}
+                                       "mouth_open_spread", "local_error", "local_error_tracked", "no_motion")}}
     if subject in ("occluder", "sleeve"):
         clean, _, _ = fitted("demo", work)
         row["covered_training_frames"] = covered_frames_against_clean(root, clean)
