@@ -132,8 +132,10 @@ class OcclusionConfig:
     """A face-mesh triangle is painted covered when this share of its texels is."""
     min_face_fraction: float = 0.01
     """A frame with less of its face covered than this is left as it is (compression noise, a stray highlight)."""
-    hands: bool = True
-    """Also look for hands with MediaPipe Hands (about 10 ms per frame on one core)."""
+    hands: bool = False
+    """Also look for hands with MediaPipe Hands. Off by default: it costs about 14 ms a frame (the 71-s anchor at
+    512 px: 25 s more, and prepare fell below real time), and the appearance check finds a hand in front of the face
+    without it; turn it on for footage with hands over the hair or ears."""
     hand_confidence: float = 0.5
     """MediaPipe Hands' detection and tracking confidence."""
     hand_margin: float = 0.15

@@ -128,6 +128,9 @@ class CameraMotion:
     #: Corners tracked per frame pair, and the fewest that make a measurement.
     corners = 200
     min_points = 8
+    #: Frames are measured at most this large (the shifts are scaled back): corner detection on a 512-px frame cost
+    #: 10 ms, a third of prepare's frame pass.
+    max_side = 256
 
     def __init__(self, fb_max_px: float, margin_px: int):
         self.fb_max_px = fb_max_px
@@ -137,14 +140,19 @@ class CameraMotion:
 
     def add(self, i: int, prev_gray: np.ndarray, gray: np.ndarray, background: np.ndarray) -> None:
         """Frame ``i`` against ``i - 1``; ``background`` [H, W] bool: pixels of the background in frame i - 1."""
-        k = 2 * self.margin_px + 1  # corners near the person move with them, not with the camera
+        f = min(1.0, self.max_side / max(gray.shape))
+        if f < 1.0:
+            size = (round(gray.shape[1] * f), round(gray.shape[0] * f))
+            prev_gray, gray = (cv2.resize(g, size, interpolation=cv2.INTER_AREA) for g in (prev_gray, gray))
+            background = cv2.resize(background.astype(np.uint8), size, interpolation=cv2.INTER_NEAREST)
+        k = 2 * max(1, round(self.margin_px * f)) + 1  # corners near the person move with them, not with the camera
         mask = cv2.erode(background.astype(np.uint8), np.ones((k, k), np.uint8))
         pts = cv2.goodFeaturesToTrack(prev_gray, self.corners, 0.01, 5, mask=mask)
         if pts is None or len(pts) < self.min_points:
             return
-        d, v = klt(prev_gray, gray, pts.reshape(-1, 2) + 0.5, self.fb_max_px)
+        d, v = klt(prev_gray, gray, pts.reshape(-1, 2) + 0.5, self.fb_max_px * f)
         if v.sum() >= self.min_points:
-            self.shifts.append(np.median(d[v], 0))
+            self.shifts.append(np.median(d[v], 0) / f)
             self.frames.append(i)
 
     def per_frame(self, frames: int) -> np.ndarray:
