@@ -36,6 +36,12 @@ from talkgs.prepare.landmarks import quiet_native_logs
 COVERABLE = (Label.HAIR, Label.FACE, Label.LIPS, Label.EYES, Label.MOUTH)
 
 
+def runs(hit: np.ndarray) -> list[tuple[int, int]]:
+    """The [start, end) stretches of consecutive True in ``hit`` [F]."""
+    edges = np.flatnonzero(np.diff(np.concatenate([[0], np.asarray(hit).astype(np.int8), [0]])))
+    return [(int(a), int(b)) for a, b in zip(edges[0::2], edges[1::2])]
+
+
 def _data(name: str) -> np.ndarray:
     with resources.files("talkgs.data").joinpath(name).open("rb") as f:
         return np.load(f)

@@ -30,7 +30,7 @@ from talkgs.prepare.config import PrepareConfig
 from talkgs.prepare.flow import CameraMotion, MotionCheck, klt
 from talkgs.prepare.landmarks import FaceMeshDetector, SubjectFollower, choose_crop, fill_gaps
 from talkgs.prepare.masks import LabelMapper, PersonSegmenter
-from talkgs.prepare.occlusion import COVERABLE, FaceTexture, OcclusionFinder, Occlusions, paint
+from talkgs.prepare.occlusion import COVERABLE, FaceTexture, OcclusionFinder, Occlusions, paint, runs
 from talkgs.prepare.signals import compute_signals
 from talkgs.prepare.sync import energy_envelope, estimate_offset, shift_audio
 from talkgs.prepare.tracking import track_head
@@ -404,8 +404,7 @@ def occlusion_report(occlusions: Occlusions | None, covered: np.ndarray, mouth: 
     if occlusions is None:
         return {"checked": False}
     hit = covered > 0
-    edges = np.flatnonzero(np.diff(np.concatenate([[0], hit.astype(np.int8), [0]])))
-    spans = [[int(a), int(b)] for a, b in zip(edges[0::2], edges[1::2])]
+    spans = [[a, b] for a, b in runs(hit)]
     return {"checked": True, "frames": int(hit.sum()), "mouth_frames": int(mouth.sum()),
             "hand_frames": int(sum(bool(h) for h in occlusions.hands)),
             "max_head_fraction": round(float(covered.max(initial=0.0)), 4),

@@ -11,6 +11,7 @@ import numpy as np
 
 from talkgs.data import topology as topo
 from talkgs.data.schema import Label
+from talkgs.prepare.occlusion import runs
 
 LABEL_COLOURS = {  # RGB
     Label.TORSO: (70, 130, 180),
@@ -133,9 +134,7 @@ def draw_traces(series: dict[str, np.ndarray], width: int, height: int, cursor: 
 
 def covered_tiles(occluded: np.ndarray, most: int) -> list[int]:
     """The most covered frame of each of the ``most`` longest stretches of frames with ``occluded`` [F] > 0."""
-    hit = np.asarray(occluded) > 0
-    edges = np.flatnonzero(np.diff(np.concatenate([[0], hit.astype(np.int8), [0]])))
-    spans = sorted(zip(edges[0::2], edges[1::2]), key=lambda ab: ab[0] - ab[1])[:most]
+    spans = sorted(runs(np.asarray(occluded) > 0), key=lambda ab: ab[0] - ab[1])[:most]
     return sorted(int(a + np.argmax(occluded[a:b])) for a, b in spans)
 
 
