@@ -197,6 +197,9 @@ def test_eval_report_and_side_by_side_video(fitted, tmp_path, capsys):
         check = report[key]
         assert check["threshold"] == 0.07 and 0 <= check["frames_over"] <= 45 and check["median_excess"] >= 0
         assert report["test_frames"][0] <= check["worst_frame"] < report["test_frames"][1]
+    verdict = report["local_check"]
+    assert verdict["drive"] == "tracked"
+    assert verdict["passed"] == (verdict["frames_over"] == 0 == report["local_error_tracked"]["frames_over"])
     info = media.probe_video(video)
     assert info.has_audio and info.width == 3 * 64 and abs(info.duration - 45 / 25) < 0.1
     assert sum(1 for _ in media.read_frames(video, (192, 64))) == 45

@@ -121,7 +121,8 @@ def run(subject: str, work: Path, images: Path | None) -> dict:
            "prepare": {k: prep.get(k) for k in ("occlusion", "camera_motion", "frames_mostly_covered", "cuts")},
            "self_check": {k: v["self_check"] for k, v in fit["stages"].items() if "self_check" in v},
            "eval": {k: ev[k] for k in ("psnr", "ssim", "psnr_head", "psnr_mouth", "lmd_px", "mouth_open_corr",
-                                       "mouth_open_spread", "local_error", "local_error_tracked", "no_motion")}}
+                                       "mouth_open_spread", "local_error", "local_error_tracked", "local_check",
+                                       "no_motion")}}
     if subject in ("occluder", "sleeve"):
         clean, _, _ = fitted("demo", work)
         row["covered_training_frames"] = covered_frames_against_clean(root, clean)
@@ -132,9 +133,10 @@ def run(subject: str, work: Path, images: Path | None) -> dict:
             scale = 1024 / sheet.shape[1]
             sheet = cv2.resize(sheet, None, fx=scale, fy=scale, interpolation=cv2.INTER_AREA)
             cv2.imwrite(str(images / f"footage_{subject}_prepare.jpg"), sheet, [cv2.IMWRITE_JPEG_QUALITY, 85])
-    local = row["eval"]["local_error"]
-    print(f"{subject}: held-out PSNR {ev['psnr']:.2f} dB, local check {local['frames_over']} of "
-          f"{prep['test_frames'][1] - prep['test_frames'][0]} frames over (worst {local['worst_excess']:.3f}); "
+    local, speech = row["eval"]["local_check"], row["eval"]["local_error"]
+    print(f"{subject}: held-out PSNR {ev['psnr']:.2f} dB, local check ({local['drive']} mouth) {local['frames_over']} "
+          f"of {prep['test_frames'][1] - prep['test_frames'][0]} frames over, speech-driven {speech['frames_over']} "
+          f"(worst {speech['worst_excess']:.3f}); "
           f"occluded frames {prep['occlusion'].get('frames')}; camera moving {prep['camera_motion']['moving']}",
           flush=True)
     return row
