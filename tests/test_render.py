@@ -11,7 +11,8 @@ import pytest
 import torch
 
 import talkgs.render._torch_backend as backend
-from talkgs.render import RenderOutput, has_gsplat_cuda, rasterize
+from talkgs.render import RenderOutput, has_gsplat_cuda, rasterize, rasterize_batch
+from talkgs.render._cpu_backend import cpu_kernels as backend_cpu_kernels
 
 CUDA = torch.cuda.is_available()
 INPUT_NAMES = ("means", "quats", "scales", "opacities", "colors", "viewmat", "background")
@@ -174,6 +175,25 @@ def _head_scene(g: torch.Generator, n: int, width: int, height: int) -> dict:
         "K": torch.tensor([[focal, 0.0, width / 2], [0.0, focal, height / 2], [0.0, 0.0, 1.0]]),
         "background": torch.tensor([0.2, 0.3, 0.4]),
     }
+
+
+def _frames(g: torch.Generator, b: int, n: int, width: int, height: int) -> dict:
+    """B frames of one head: its Gaussians moved, turned and recoloured a little per frame, each seen by a camera
+    turned a little (``rasterize_batch``'s inputs but the image size)."""
+    scene = _head_scene(g, n, width, height)
+    per_frame = {"means": [], "quats": [], "scales": [], "opacities": [], "colors": [], "viewmats": []}
+    for _ in range(b):
+        per_frame["means"].append(scene["means"] + 0.003 * torch.randn(n, 3, generator=g))
+        per_frame["quats"].append(scene["quats"] + 0.1 * torch.randn(n, 4, generator=g))
+        per_frame["scales"].append(scene["scales"] * (1 + 0.1 * torch.rand(n, 3, generator=g)))
+        per_frame["opacities"].append(scene["opacities"] * (0.9 + 0.1 * torch.rand(n, generator=g)))
+        per_frame["colors"].append(scene["colors"] + 0.05 * torch.randn(n, 9, 3, generator=g))
+        view = torch.eye(4)
+        view[:3, :3] = _rotation(0.05 * torch.randn(3, generator=g).double()).float()
+        per_frame["viewmats"].append(view)
+    frames = {k: torch.stack(v) for k, v in per_frame.items()}
+    frames["Ks"] = scene["K"].expand(b, 3, 3).clone()
+    return frames
 
 
 def _render(scene, **kwargs):
@@ -404,6 +424,33 @@ def test_argument_errors(changes, message):
         rasterize(**_bad(scene, **changes))
 
 
+@pytest.mark.parametrize("name", ["torch", "cpu"])
+def test_batched_draw_equals_frame_by_frame(name):
+    """``rasterize_batch`` of B frames gives each frame exactly what ``rasterize`` gives it alone; and the compiled
+    kernels' batch agrees with the torch backend's frame by frame (float32, different summation orders)."""
+    if name == "cpu" and backend_cpu_kernels() is None:
+        pytest.skip("the compiled CPU kernels cannot be built here")
+    g = torch.Generator().manual_seed(5)
+    width, height = 64, 48
+    frames = _frames(g, 4, 1500, width, height)
+    batch = rasterize_batch(**frames, width=width, height=height, backend=name)
+    assert len(batch) == 4
+    for i, got in enumerate(batch):
+        alone = rasterize(frames["means"][i], frames["quats"][i], frames["scales"][i], frames["opacities"][i],
+                          frames["colors"][i], frames["viewmats"][i], frames["Ks"][i], width, height, backend=name)
+        for attr in ("image", "alpha", "depth"):
+            assert torch.equal(getattr(got, attr), getattr(alone, attr)), (i, attr)
+        if name == "cpu":
+            ref = rasterize(frames["means"][i], frames["quats"][i], frames["scales"][i], frames["opacities"][i],
+                            frames["colors"][i], frames["viewmats"][i], frames["Ks"][i], width, height,
+                            backend="torch")
+            assert (got.image - ref.image).abs().max() < 1e-4
+    # Frames differ from each other: the batch does not draw one frame B times.
+    assert (batch[0].image - batch[1].image).abs().max() > 0.05
+    with pytest.raises(ValueError, match=r"Ks must have B = 4 \(from means\) frames first"):
+        rasterize_batch(**{**frames, "Ks": frames["Ks"][:3]}, width=width, height=height, backend=name)
+
+
 @pytest.mark.skipif(CUDA, reason="checks the error raised when CUDA is missing")
 def test_gsplat_backend_without_cuda():
     scene = {k: v.float() if isinstance(v, torch.Tensor) else v for k, v in _random_scene(10).items()}
@@ -474,3 +521,25 @@ def test_auto_picks_gsplat_for_cuda_float32():
     assert torch.equal(auto.image, ref.image)
     scene64 = {k: v.cuda() if isinstance(v, torch.Tensor) else v for k, v in _random_scene(12).items()}
     assert _render(scene64).image.dtype == torch.float64  # float64 falls back to the torch backend
+
+
+@pytest.mark.cuda
+@pytest.mark.skipif(not CUDA, reason="needs CUDA: gsplat's kernels (JIT-built on first use)")
+def test_gsplat_batch_matches_its_frame_by_frame_result():
+    """gsplat's one call over B frames against gsplat per frame (the same kernels, so within float32 round-off
+    of another launch's order) and against the torch backend per frame (the bulk bound of the test above)."""
+    g = torch.Generator().manual_seed(13)
+    width, height = 128, 96
+    frames = {k: v.cuda() for k, v in _frames(g, 8, 4000, width, height).items()}
+    batch = rasterize_batch(**frames, width=width, height=height, backend="gsplat")
+    for i, got in enumerate(batch):
+        one = {k: v[i] for k, v in frames.items()}
+        args = (one["means"], one["quats"], one["scales"], one["opacities"], one["colors"], one["viewmats"],
+                one["Ks"], width, height)
+        alone = rasterize(*args, backend="gsplat")
+        ref = rasterize(*args, backend="torch")
+        for attr in ("image", "alpha", "depth"):
+            assert (getattr(got, attr) - getattr(alone, attr)).abs().max() < 1e-5, (i, attr)
+            err = (getattr(got, attr) - getattr(ref, attr)).abs().flatten().float()
+            assert torch.quantile(err, 0.999) < 1e-4, (i, attr)
+        assert torch.equal(got.info["radii"], alone.info["radii"])

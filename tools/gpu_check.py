@@ -18,13 +18,14 @@ a failed step is recorded and the next one run, so one call tells everything the
    (the fit checkpoints, as Ctrl-C does), its model exported from the checkpoint: stages finished, their
    seconds and held-out PSNR, and the fit time (measured, or extrapolated from the stages' speeds: the
    report says which);
-5. ``render``: tools/bench_render.py on the fit's model (its real Gaussian count), batched, with and
-   without video encoding, and the streaming API's audio-chunk-to-frame latency.
+5. ``render``: tools/bench_render.py on the fit's model (its real Gaussian count), B = 1, 8 and 32 frames per
+   draw, with and without video encoding, and the streaming API's audio-chunk-to-frame latency.
 
-It writes OUT_DIR/gpu.json (gpu, render_fps_512, render_fps_512_with_encoding, stream_latency_ms,
-fit_seconds, fit_seconds_kind, psnr, peak_gpu_mem_gb, model_mb, and each step's details) and, where it
-fits the device tool's 16-MB file limit, the model split into OUT_DIR/model.safetensors.part-* so that
-LMD, which needs MediaPipe, can be measured on the machine that has it (``talkgs eval``).
+It writes OUT_DIR/gpu.json (gpu, render_fps_512 (the best batch size's), render_fps_512_by_batch,
+render_fps_512_with_encoding, stream_latency_ms, fit_seconds, fit_seconds_kind, psnr, peak_gpu_mem_gb, model_mb,
+and each step's details) and, where it fits the device tool's 16-MB file limit, the model split into
+OUT_DIR/model.safetensors.part-* so that LMD, which needs MediaPipe, can be measured on the machine that has it
+(``talkgs eval``).
 
 The fits use ``--preset`` with the motion fields driven the ``--drive`` way (default ``code``: the mouth code read
 from Whisper's features, the default drive of talkgs; ``audio``: the direct path the H200 check timed).
@@ -53,6 +54,8 @@ SITE = Path("/tmp/talkgs_gpu_site")
 sys.path[:0] = [str(ROOT), str(SITE)]
 #: The device tool brings back files up to this size: larger ones are split into parts of it.
 PART_BYTES = 15 * 2**20
+#: Frames per draw call timed by the render step.
+BATCHES = (1, 8, 32)
 
 
 class Run:
@@ -322,8 +325,9 @@ def render(run: Run, root: Path, device: str, size: int, frames: int, stream_sec
     bench = [str(ROOT / "tools" / "bench_render.py"), str(root), "--audio", audio, "--device", device,
              "--size", str(size)]
     result = {}
-    for name, extra in (("batched", ["--frames", str(frames), "--batch", "8"]),
-                        ("stream", ["--stream", "--seconds", str(stream_seconds)])):
+    # B frames per draw: gsplat rasterizes a batch in one call (issue 29), so the FPS is measured per batch size.
+    runs = [(f"batch_{b}", ["--frames", str(max(frames, 4 * b)), "--batch", str(b)]) for b in BATCHES]
+    for name, extra in (*runs, ("stream", ["--stream", "--seconds", str(stream_seconds)])):
         code, out, s = run.sh(f"render {name}", py(*bench, *extra), timeout=240)
         try:
             result[name] = json.loads(out[out.index("{"):])
@@ -349,12 +353,17 @@ def split_model(run: Run, root: Path) -> None:
 def summarise(run: Run) -> None:
     steps = run.report["steps"]
     fit = steps.get("fit", {})
-    batched = steps.get("render", {}).get("batched", {})
+    renders = steps.get("render", {})
+    by_batch = {b: renders.get(f"batch_{b}", {}) for b in BATCHES}
+    fps = {b: r.get("fps_without_encoding") for b, r in by_batch.items()}
+    best = max((b for b in BATCHES if fps[b] is not None), key=lambda b: fps[b], default=BATCHES[-1])
+    batched = by_batch[best]
     stream = steps.get("render", {}).get("stream", {})
     stages = fit.get("stages") or {}
     last = list(stages.values())[-1] if stages else {}
     run.report.update({
-        "render_fps_512": batched.get("fps_without_encoding"),
+        "render_fps_512": batched.get("fps_without_encoding"), "render_batch": batched.get("batch"),
+        "render_fps_512_by_batch": {str(b): v for b, v in fps.items()},
         "render_fps_512_with_encoding": batched.get("fps_with_encoding"),
         "render_size": batched.get("size"),
         "stream_latency_ms": stream.get("latency_ms_p95"),

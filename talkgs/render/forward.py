@@ -22,7 +22,7 @@ from torch import Tensor
 from talkgs.model.motion import MotionDeltas
 from talkgs.model.talking_head import Deformation, TalkingHead
 from talkgs.render.compositing import composite
-from talkgs.render.rasterizer import RenderOutput, rasterize
+from talkgs.render.rasterizer import RenderOutput, rasterize_batch
 
 
 @dataclass
@@ -85,21 +85,17 @@ def draw(
     b = _check(deformation, viewmats, Ks, under)
     h, w = int(under.shape[1]), int(under.shape[2])
     degrees = sh_degree or {}
-    images, faces, mouths = [], [], [] if mouth else None
+    Ks = Ks.expand(b, 3, 3) if Ks.ndim == 2 else Ks
 
-    def layer(gaussians: dict[str, Tensor], branch: str, i: int) -> RenderOutput:
-        g = {k: v[i] for k, v in gaussians.items()}
-        return rasterize(g["means"], g["quats"], g["scales"], g["opacities"], g["colors"], viewmats[i],
-                         Ks if Ks.ndim == 2 else Ks[i], w, h, backend=backend, sh_degree=degrees.get(branch))
+    def layers(gaussians: dict[str, Tensor], branch: str) -> list[RenderOutput]:
+        g = gaussians
+        return rasterize_batch(g["means"], g["quats"], g["scales"], g["opacities"], g["colors"], viewmats, Ks, w, h,
+                               backend=backend, sh_degree=degrees.get(branch))
 
-    # One camera at a time: the PyTorch rasterizer takes one, and each frame has its own Gaussians.
-    for i in range(b):
-        face_out = layer(deformation.face, "face", i) if face else _blank(under[i])
-        mouth_out = layer(deformation.mouth, "mouth", i) if mouth else None
-        images.append(composite(face_out, mouth_out, under[i]))
-        faces.append(face_out)
-        if mouth:
-            mouths.append(mouth_out)
+    # Every frame has its own Gaussians; gsplat draws the B frames of a branch in one call.
+    faces = layers(deformation.face, "face") if face else [_blank(under[i]) for i in range(b)]
+    mouths = layers(deformation.mouth, "mouth") if mouth else None
+    images = [composite(faces[i], mouths[i] if mouth else None, under[i]) for i in range(b)]
     return FrameOutput(image=torch.stack(images), face=faces, mouth=mouths, deformation=deformation)
 
 

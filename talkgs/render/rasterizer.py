@@ -130,15 +130,9 @@ def rasterize(
     """
     degree = _check_inputs(means, quats, scales, opacities, colors, viewmat, K, width, height, background,
                            sh_degree, near_plane, far_plane)
-    if backend not in BACKENDS:
-        raise ValueError(f"backend must be one of {BACKENDS}, got {backend!r}")
+    backend = _pick_backend(backend, means)
     width, height = int(width), int(height)  # numpy integers are accepted too
     float32 = means.dtype == torch.float32
-    if backend == "auto":
-        if means.device.type == "cuda":
-            backend = "gsplat" if float32 and has_gsplat_cuda() else "torch"
-        else:
-            backend = "cpu" if float32 and cpu_kernels() is not None else "torch"
     if backend == "gsplat":
         return _rasterize_gsplat(means, quats, scales, opacities, colors, viewmat, K, width, height, background,
                                  degree, near_plane, far_plane)
@@ -157,6 +151,60 @@ def rasterize(
     else:
         image, alpha, depth, info = rasterize_torch(*args)
     return RenderOutput(image=image, alpha=alpha, depth=depth, info=info)
+
+
+def rasterize_batch(
+    means: Tensor,  # [B, N, 3]
+    quats: Tensor,  # [B, N, 4]
+    scales: Tensor,  # [B, N, 3]
+    opacities: Tensor,  # [B, N]
+    colors: Tensor,  # [B, N, 3] or [B, N, K, 3]
+    viewmats: Tensor,  # [B, 4, 4]
+    Ks: Tensor,  # [B, 3, 3]
+    width: int,
+    height: int,
+    backend: str = "auto",
+    sh_degree: int | None = None,
+    near_plane: float = 0.01,
+    far_plane: float = 1e10,
+) -> list[RenderOutput]:
+    """B frames, each its own N Gaussians seen by its own camera: ``rasterize`` of frame i for every i.
+
+    gsplat draws all B in one call (its batch dimensions: one launch per kernel instead of B, which is what a
+    GPU render of a batch of frames waits on); the PyTorch and compiled CPU backends rasterize one frame after
+    another. Each frame's result equals ``rasterize`` of that frame alone (tested; on CUDA within gsplat's own
+    float32 reordering). A batch of one takes the single-camera path, so training (B = 1, gsplat's strategies
+    reading ``info``) is unchanged. Per-frame ``info`` holds that frame's slices of gsplat's batched outputs.
+    """
+    if not isinstance(means, Tensor) or means.ndim != 3 or means.shape[2] != 3:
+        raise ValueError(f"means must have shape [B, N, 3], got {_shape(means)}")
+    b = means.shape[0]
+    for name, value in (("quats", quats), ("scales", scales), ("opacities", opacities), ("colors", colors),
+                        ("viewmats", viewmats), ("Ks", Ks)):
+        if not isinstance(value, Tensor) or value.ndim < 2 or value.shape[0] != b:
+            raise ValueError(f"{name} must have B = {b} (from means) frames first, got {_shape(value)}")
+    backend = _pick_backend(backend, means)
+    if backend != "gsplat" or b == 1:
+        return [rasterize(means[i], quats[i], scales[i], opacities[i], colors[i], viewmats[i], Ks[i], width, height,
+                          backend=backend, sh_degree=sh_degree, near_plane=near_plane, far_plane=far_plane)
+                for i in range(b)]
+    # One frame validates shapes, dtypes and devices for all (they share them, checked above for B).
+    degree = _check_inputs(means[0], quats[0], scales[0], opacities[0], colors[0], viewmats[0], Ks[0], width, height,
+                           None, sh_degree, near_plane, far_plane)
+    return _rasterize_gsplat_batch(means, quats, scales, opacities, colors, viewmats, Ks, int(width), int(height),
+                                   degree, near_plane, far_plane)
+
+
+def _pick_backend(backend: str, means: Tensor) -> str:
+    """``backend`` with "auto" resolved for tensors like ``means``."""
+    if backend not in BACKENDS:
+        raise ValueError(f"backend must be one of {BACKENDS}, got {backend!r}")
+    if backend != "auto":
+        return backend
+    float32 = means.dtype == torch.float32
+    if means.device.type == "cuda":
+        return "gsplat" if float32 and has_gsplat_cuda() else "torch"
+    return "cpu" if float32 and cpu_kernels() is not None else "torch"
 
 
 def _check_inputs(means, quats, scales, opacities, colors, viewmat, K, width, height, background, sh_degree,
@@ -232,3 +280,26 @@ def _rasterize_gsplat(means, quats, scales, opacities, colors, viewmat, K, width
     info = {key: meta[key] for key in ("means2d", "radii", "depths", "conics", "width", "height", "n_cameras",
                                        "gaussian_ids")}
     return RenderOutput(image=render[0, ..., :3], alpha=alpha[0], depth=render[0, ..., 3:], info=info)
+
+
+def _rasterize_gsplat_batch(means, quats, scales, opacities, colors, viewmats, Ks, width, height, degree,
+                            near_plane, far_plane) -> list[RenderOutput]:
+    """gsplat.rasterization of B frames in one call: batch dimension B, one camera each."""
+    if not torch.cuda.is_available():
+        raise RuntimeError("backend='gsplat' needs CUDA but torch.cuda.is_available() is False; use backend='torch'")
+    if means.device.type != "cuda" or means.dtype != torch.float32:
+        raise ValueError(f"backend='gsplat' needs float32 CUDA tensors, got {means.dtype} on {means.device}")
+    from gsplat.rendering import rasterization
+
+    render, alpha, meta = rasterization(
+        means, quats, scales, opacities, colors, viewmats[:, None], Ks[:, None], width, height,
+        near_plane=near_plane, far_plane=far_plane, eps2d=EPS2D, sh_degree=degree, packed=False,
+        render_mode="RGB+D", rasterize_mode="classic",
+    )  # render [B, 1, H, W, 4], alpha [B, 1, H, W, 1], meta's per-Gaussian outputs [B, 1, N, ...]
+    outputs = []
+    for i in range(means.shape[0]):
+        info = {key: meta[key][i] for key in ("means2d", "radii", "depths", "conics")}
+        info.update(width=width, height=height, n_cameras=1, gaussian_ids=None)
+        outputs.append(RenderOutput(image=render[i, 0, ..., :3], alpha=alpha[i, 0], depth=render[i, 0, ..., 3:],
+                                    info=info))
+    return outputs
