@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+import signal
 import subprocess
 import sys
 from pathlib import Path
@@ -25,6 +27,75 @@ def test_import_is_light():
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == ""
+
+
+def test_openmp_spin_is_set_before_torch_loads_it():
+    """``import talkgs`` shortens libgomp's spin before torch loads it; the OpenMP runtime torch and the compiled
+    kernels share is torch's one libgomp; a user's own setting is kept; after torch it changes nothing."""
+    from talkgs.utils.threads import SPIN_COUNT
+
+    code = ("import os, talkgs, torch; torch.ones(1 << 20).sum()\n"
+            "from talkgs.render._cpu_backend import cpu_kernels; cpu_kernels()\n"
+            "libs = sorted({l.split()[-1] for l in open('/proc/self/maps') if 'gomp' in l})\n"
+            "print(os.environ.get('GOMP_SPINCOUNT'), libs)")
+    env = {k: v for k, v in os.environ.items() if k not in ("GOMP_SPINCOUNT", "OMP_WAIT_POLICY")}
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, env=env)
+    spin, libs = out.stdout.strip().split(" ", 1)
+    assert spin == str(SPIN_COUNT)
+    assert len(eval(libs)) == 1 and "torch" in libs  # one runtime: torch's
+    mine = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True,
+                          env={**env, "GOMP_SPINCOUNT": "123"})
+    assert mine.stdout.startswith("123 ")
+    late = subprocess.run([sys.executable, "-c", "import os, torch, talkgs; print(os.environ.get('GOMP_SPINCOUNT'))"],
+                          capture_output=True, text=True, check=True, env=env)
+    assert late.stdout.strip() == "None"
+
+
+@pytest.mark.skipif(len(os.sched_getaffinity(0)) < 2, reason="needs 2 cores to share")
+def test_core_share_follows_a_busy_neighbour():
+    """Beside a process that keeps a core busy, ``CoreShare`` leaves it that core (one thread fewer); once the
+    neighbour stops, this process has all its cores again. Its own children (an encoder) are not neighbours."""
+    import time
+
+    import torch
+
+    from talkgs.utils.threads import CoreShare
+
+    before = torch.get_num_threads()
+    share = CoreShare(every_s=0.05, smoothing=0.5)
+    cores = share.cores
+
+    def settle(seconds: float) -> list[int]:
+        seen = []
+        end = time.monotonic() + seconds
+        while time.monotonic() < end:
+            share.update()
+            seen.append(torch.get_num_threads())
+            time.sleep(0.01)
+        return seen
+
+    try:
+        assert settle(0.6)[-1] == cores
+        # Another job: a spin loop started by a process that exits at once, so it is not this process's child.
+        launch = ("import subprocess, sys\n"
+                  "print(subprocess.Popen([sys.executable, '-c', 'while True: pass'], start_new_session=True,\n"
+                  "                       stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL).pid)")
+        spin = int(subprocess.run([sys.executable, "-c", launch], capture_output=True, text=True, check=True).stdout)
+        try:
+            assert settle(1.5)[-1] == cores - 1 and 0.6 < share.others < 1.4
+        finally:
+            os.kill(spin, signal.SIGKILL)
+        assert settle(1.5)[-1] == cores
+        # A busy child of this process is its own work, not a neighbour.
+        busy = "import time\nend = time.time() + 2\nwhile time.time() < end: pass"
+        child = subprocess.Popen([sys.executable, "-c", busy])
+        try:
+            assert settle(1.2)[-1] == cores and share.others < 0.4
+        finally:
+            child.kill()
+            child.wait()
+    finally:
+        torch.set_num_threads(before)
 
 
 def test_cli_help():

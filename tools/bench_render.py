@@ -30,6 +30,10 @@ import time
 from pathlib import Path
 
 import numpy as np
+
+import talkgs  # noqa: F401  (before torch, as the CLI: sets OpenMP's spin count, talkgs.utils.threads)
+
+# isort: split
 import torch
 
 

@@ -35,6 +35,7 @@ from talkgs.model.talking_head import Deformation
 from talkgs.render.forward import draw
 from talkgs.utils import media
 from talkgs.utils.camera import scale_intrinsics
+from talkgs.utils.threads import CORES
 
 POSE_MODES = ("replay", "static")
 BLINK_MODES = ("natural", "none", "auto")
@@ -337,6 +338,8 @@ class TalkingRenderer:
         The audio- and blink-driven half of a frame: it does not depend on the camera, so a viewer
         can keep it while the camera moves.
         """
+        if self.device.type == "cpu":
+            CORES.update()  # a batch's threads: the cores other jobs leave free (talkgs.utils.threads)
         track = track or self.track
         idx = torch.as_tensor(np.asarray(indices) - feature_offset, device=self.device)
         expr = torch.tensor(np.stack([track.expression(int(i)) for i in indices]), dtype=torch.float32,

@@ -41,6 +41,7 @@ from talkgs.train.strategy import make_strategy
 from talkgs.utils import log, media
 from talkgs.utils.camera import scale_intrinsics
 from talkgs.utils.config import from_dict, load_yaml, save_yaml, to_dict
+from talkgs.utils.threads import CORES
 
 
 def _optimizers(model: GaussianModel | None, names: tuple[str, ...], networks: list[torch.nn.Module],
@@ -304,6 +305,8 @@ class Trainer:
         sh_max = head.face.sh_degree
         with _DeferredInterrupt() as interrupt:
             for step in bar:
+                if ctx.device.type == "cpu":
+                    CORES.update()  # each step's threads: the cores other jobs leave free (talkgs.utils.threads)
                 if "means" in optimizers:
                     for group in optimizers["means"].param_groups:
                         group["lr"] = means_lr0 * gamma**step
