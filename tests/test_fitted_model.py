@@ -152,3 +152,60 @@ def test_a_fit_without_its_model_file_is_finished_by_resume(fitted, speech, tmp_
     assert main(["--quiet", "fit", str(root), "--config", "tiny", "--resume"]) == 0
     again, original = load_model(root).head.tensors(), load_model(fitted[0]).head.tensors()
     assert all(torch.equal(again[k], original[k]) for k in original)
+
+
+def _renders(model, subject_frames, features, indices):
+    """(held-out frames as ``talkgs eval`` draws them, new-speech frames as ``talkgs render`` draws them) of
+    ``model``, uint8."""
+    from talkgs.eval.evaluate import render_frame
+    from talkgs.render.driver import DriveConfig, TalkingRenderer
+
+    with torch.no_grad():
+        held_out = [media.to_uint8(render_frame(model, subject_frames, int(i))[1].image[0].clamp(0, 1))
+                    for i in subject_frames.test_indices]
+        speech = TalkingRenderer(model, DriveConfig(batch=8), "cpu").render_batch(features, indices)
+    return held_out, speech
+
+
+def test_the_compact_model_file_renders_within_a_level(fitted, tmp_path):
+    """float16 tensors and WebP layers (the default) against the same head stored in float32 with PNG layers as
+    model format 1 wrote it: a smaller file, held-out PSNR within 0.05 dB, every rendered frame within 1 level of
+    255 at the 99th percentile; and the old file still loads and renders."""
+    import cv2
+
+    from talkgs.eval.evaluate import load_fitted
+    from talkgs.model.fitted import FittedModel, encode_layer
+    from talkgs.model.losses import psnr
+    from talkgs.model.talking_head import TalkingHead
+    from talkgs.train.checkpoint import load_checkpoint
+
+    root, _ = fitted
+    model, subject_frames = load_fitted(root, "cpu")
+    # The fit's float32 head (its last checkpoint) with the model file's replay data and layers.
+    head = TalkingHead.from_tensors(load_checkpoint(root / schema.CHECKPOINT)["model"], int(model.header["audio_dim"]),
+                                    model.head.cfg).eval()
+    png = lambda image: cv2.imencode(".png", cv2.cvtColor(  # noqa: E731
+        image, cv2.COLOR_RGBA2BGRA if image.shape[-1] == 4 else cv2.COLOR_RGB2BGR))[1].tobytes()
+    # Written as format 1 did: float32 tensors, PNG layers.
+    FittedModel(head, {**model.header, "format_version": 1}, model.replay, png(model.background()),
+                {int(f): png(model.torso(int(f))) for f in model.torso_frames}
+                ).save(tmp_path / "old.safetensors", float16=False)
+    FittedModel(head, model.header, model.replay, encode_layer(model.background()),
+                {int(f): encode_layer(model.torso(int(f))) for f in model.torso_frames}
+                ).save(tmp_path / "compact.safetensors")
+    old, compact = load_model(tmp_path / "old.safetensors"), load_model(tmp_path / "compact.safetensors")
+    assert (tmp_path / "compact.safetensors").stat().st_size < 0.8 * (tmp_path / "old.safetensors").stat().st_size
+    assert all(np.array_equal(compact.torso(int(f)), old.torso(int(f))) for f in model.torso_frames)
+    assert any(not torch.equal(a, b) for a, b in zip(compact.head.tensors().values(), old.head.tensors().values()))
+    indices = np.arange(40)
+    features = subject_frames.features
+    ref_held, ref_speech = _renders(old, subject_frames, features, indices)
+    got_held, got_speech = _renders(compact, subject_frames, features, indices)
+    for ref, got in ((ref_held, got_held), (ref_speech, got_speech)):
+        diff = np.abs(np.stack(ref).astype(int) - np.stack(got).astype(int))
+        assert np.percentile(diff, 99) <= 1 and diff.max() < 64
+    truth = [media.to_uint8(subject_frames.batch(int(i)).image) for i in subject_frames.test_indices]
+    score = lambda frames: np.mean([float(psnr(torch.from_numpy(f).float() / 255, torch.from_numpy(t).float() / 255))  # noqa: E731
+                                    for f, t in zip(frames, truth)])
+    assert abs(score(got_held) - score(ref_held)) <= 0.05
+    assert compact.header["format_version"] == 2 and old.header["format_version"] == 1

@@ -177,6 +177,10 @@ class FitConfig:
     model_layer_size: int | None = None
     """Side in pixels of the background plate and torso layers stored in the fitted model; None: the
     training resolution. Larger keeps them sharp when rendering larger than the fit (``--size``)."""
+    model_float16: bool = True
+    """Store the head's large tensors in the fitted model as float16 (hash grids, Gaussian colours, shapes and
+    opacities; positions stay float32): about half the file, rendered frames within 1 level of 255 of the
+    float32 model's (docs/model.md, tests/test_fitted_model.py). The checkpoint keeps float32 either way."""
 
     def __post_init__(self) -> None:
         if self.replay_background not in ("auto", "always", "never"):

@@ -12,6 +12,7 @@ import dataclasses
 import json
 import math
 import time
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import cv2
@@ -72,8 +73,13 @@ def fitted_model(subject: Subject, cfg: FitConfig, frames: SubjectFrames, head: 
     if len(run) > cfg.replay_frames:  # the middle of a long run
         start = (len(run) - cfg.replay_frames) // 2
         run = run[start:start + cfg.replay_frames]
-    torso = {int(i): encode_layer(torso_layer(np.array(cache.frames[i]), np.array(cache.labels[i]), cfg.neck_extension,
-                                              frames.layer_background)) for i in run}
+    def layer(i: int) -> bytes:
+        return encode_layer(torso_layer(np.array(cache.frames[i]), np.array(cache.labels[i]), cfg.neck_extension,
+                                        frames.layer_background))
+
+    # OpenCV's encoder releases the GIL: WebP lossless costs about 40 ms a 256-px layer, so the cores share it.
+    with ThreadPoolExecutor() as pool:
+        torso = dict(zip((int(i) for i in run), pool.map(layer, run)))
     plate = cv2.resize(subject.background, (size, size), interpolation=cv2.INTER_AREA)
     expression = expression_track(subject, tuple(cfg.head.expression)).astype(np.float32).astype(np.float64)
     train = subject.train_indices
@@ -212,7 +218,7 @@ class Trainer:
                          f"(local error up to {last['worst_after']:.3f}) after mending; see {schema.FIT_REPORT}: "
                          "self_check")
         model = fitted_model(self.subject, cfg, ctx, head)
-        model.save(self.root / schema.MODEL)
+        model.save(self.root / schema.MODEL, float16=cfg.model_float16)
         report.update({"talkgs_version": talkgs.__version__, "device": str(ctx.device), "resolution": cfg.resolution,
                        "gaussians": head.face.num_gaussians, "mouth_gaussians": head.mouth.num_gaussians,
                        "model_mb": round((self.root / schema.MODEL).stat().st_size / 2**20, 2)})
