@@ -45,12 +45,6 @@ while True:
 SPIN_JOB = "while True:\n    pass\n"
 
 
-def _talkgs_env(extra: dict[str, str]) -> dict[str, str]:
-    env = dict(os.environ)
-    env.update(extra)
-    return env
-
-
 def _fit_command(subject: Path, iterations: int) -> list[str]:
     return [sys.executable, "-m", "talkgs.cli.main", "fit", str(subject), "--config", "cpu", "--stage", "static",
             "--iterations", str(iterations), "--force"]
@@ -140,7 +134,7 @@ def main() -> None:
         raise SystemExit(f"{args.subject} has no fit (fit/model.safetensors); fit it first")
     if not AUDIO.is_file():
         raise SystemExit(f"{AUDIO} is missing: the render needs ../shared/data")
-    env = _talkgs_env(dict(kv.split("=", 1) for kv in args.env))
+    env = {**os.environ, **dict(kv.split("=", 1) for kv in args.env)}
     results: dict[str, dict] = {}
     with tempfile.TemporaryDirectory(prefix="bench_load_") as tmp:
         for workload in args.only.split(","):

@@ -66,15 +66,14 @@ def _local_report(excess: list[float], frames: np.ndarray, res: int) -> dict | N
             "shift_px": local_shift_px(res)}
 
 
-def _local_verdict(excess: list[float], excess_tracked: list[float]) -> dict | None:
-    """Whether the picture has a blotch: the local check with each frame's own tracked mouth where the model
-    has a mouth code (speech moves the chin by the lip-sync error, which ``local_error`` counts too), else the
-    speech-driven one."""
-    chosen, drive = (excess_tracked, "tracked") if excess_tracked else (excess, "speech")
-    if not chosen:
+def _local_verdict(speech: dict | None, tracked: dict | None) -> dict | None:
+    """Whether the picture has a blotch, from the local check's reports: the one with each frame's own tracked
+    mouth where the model has a mouth code (speech moves the chin by the lip-sync error, which ``local_error``
+    counts too), else the speech-driven one."""
+    chosen, drive = (tracked, "tracked") if tracked is not None else (speech, "speech")
+    if chosen is None:
         return None
-    over = int(sum(e > LOCAL_EXCESS_MAX for e in chosen))
-    return {"drive": drive, "frames_over": over, "passed": over == 0}
+    return {"drive": drive, "frames_over": chosen["frames_over"], "passed": chosen["frames_over"] == 0}
 
 
 def _lpips_fn(device):
@@ -169,11 +168,10 @@ def evaluate(subject_dir: str | Path, json_path: str | Path | None = None, video
         "no_motion": no_motion,
         "local_error": _local_report(excess, ctx.test_indices, res),
         "local_error_tracked": _local_report(excess_tracked, ctx.test_indices, res),
-        "local_check": _local_verdict(excess, excess_tracked),
         "test_frames": [int(ctx.test_indices[0]), int(ctx.test_indices[-1]) + 1],
         "resolution": res, "video": str(video_path),
     }
-    verdict = report["local_check"]
+    verdict = report["local_check"] = _local_verdict(report["local_error"], report["local_error_tracked"])
     if verdict is not None and not verdict["passed"]:
         log.warn(f"local check failed: {verdict['frames_over']} of {len(ctx.test_indices)} held-out frames have a "
                  f"patch of the head worse with motion than without by more than {LOCAL_EXCESS_MAX}")

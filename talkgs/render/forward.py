@@ -87,8 +87,7 @@ def draw(
     degrees = sh_degree or {}
     Ks = Ks.expand(b, 3, 3) if Ks.ndim == 2 else Ks
 
-    def layers(gaussians: dict[str, Tensor], branch: str) -> list[RenderOutput]:
-        g = gaussians
+    def layers(g: dict[str, Tensor], branch: str) -> list[RenderOutput]:
         return rasterize_batch(g["means"], g["quats"], g["scales"], g["opacities"], g["colors"], viewmats, Ks, w, h,
                                backend=backend, sh_degree=degrees.get(branch))
 

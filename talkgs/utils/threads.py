@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import os
 import sys
+import time
 
 ENV_SWITCH = "TALKGS_SHARE_CORES"  # "0": leave OpenMP's spin and torch's thread count alone
 #: libgomp's spin count for talkgs' processes: a thread waits about this many pause instructions for the next
@@ -91,8 +92,6 @@ class CoreShare:
         self._wanted: int | None = None
 
     def _sample(self) -> tuple[float, int, int]:
-        import time
-
         with open("/proc/stat", "rb") as f:
             cpu = [int(x) for x in f.readline().split()[1:]]
         busy = sum(cpu[:3]) + sum(cpu[5:8])  # user, nice, system, irq, softirq, steal (not idle, iowait)
@@ -107,8 +106,6 @@ class CoreShare:
 
     def update(self) -> int | None:
         """Sample (at most every ``every_s``) and set the thread count; the count set, or None (no change)."""
-        import time
-
         if not self._available:
             return None
         if self._last is not None and time.monotonic() - self._last[0] < self.every_s:
