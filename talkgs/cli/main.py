@@ -15,7 +15,7 @@ from talkgs.utils import log
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from talkgs.cli import evaluate, export, fit, prepare, render, view
+    from talkgs.cli import evaluate, export, fit, prepare, render, serve, view
 
     parser = argparse.ArgumentParser(prog="talkgs", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -23,7 +23,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--debug", action="store_true", help="show the full traceback of an unexpected error")
     parser.add_argument("-q", "--quiet", action="store_true", help="print only warnings and errors")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
-    for module in (prepare, fit, evaluate, render, export, view):
+    for module in (prepare, fit, evaluate, render, export, view, serve):
         module.register(sub)
     return parser
 

@@ -8,12 +8,16 @@ import argparse
 def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("render", help=__doc__.strip().rstrip("."), description=__doc__,
                        epilog="Examples: talkgs render my_subject --audio speech.wav -o talk.mp4;  "
-                              "talkgs render my_subject --split test -o held_out.mp4")
-    p.add_argument("subject", metavar="SUBJECT_DIR|MODEL",
+                              "talkgs render my_subject --split test -o held_out.mp4;  "
+                              "talkgs render --manifest jobs.csv [--ray [ADDRESS]]")
+    p.add_argument("subject", metavar="SUBJECT_DIR|MODEL", nargs="?",
                    help="a fitted subject folder, or its fit/model.safetensors copied anywhere (--audio only: "
                         "--split needs the subject's frames)")
-    p.add_argument("-o", "--output", required=True, metavar="OUT.mp4")
+    p.add_argument("-o", "--output", metavar="OUT.mp4")
     src = p.add_mutually_exclusive_group()
+    src.add_argument("--manifest", metavar="JOBS.csv",
+                     help="render many jobs: a CSV with the columns model, speech, out and optionally options "
+                          "(key=value;... of the options below); see docs/serve.md")
     src.add_argument("--audio", metavar="SPEECH", help="any audio ffmpeg reads; the video lasts as long as it")
     src.add_argument("--drive", metavar="VIDEO",
                      help="another person's talking video: its tracked mouth moves the head and its soundtrack is "
@@ -33,13 +37,26 @@ def register(sub: argparse._SubParsersAction) -> None:
                    help="the subject's background plate, a colour (white, #00ff00, 0,255,0) or an image file")
     p.add_argument("--size", type=int, metavar="PX", help="output side in pixels (default: the fit's resolution)")
     p.add_argument("--device", choices=("auto", "cpu", "cuda"), help="rendering device (default: the fit's)")
-    p.add_argument("--force", action="store_true", help="replace an existing OUT")
+    p.add_argument("--force", action="store_true", help="replace an existing OUT (--manifest: existing outputs are "
+                                                          "skipped without it)")
+    p.add_argument("--ray", nargs="?", const="", metavar="ADDRESS",
+                   help="--manifest: run each job as a Ray task, on a local cluster or the one at ADDRESS")
     p.set_defaults(run=run)
 
 
 def run(args: argparse.Namespace) -> int:
+    from talkgs.errors import TalkgsError
     from talkgs.utils import log
 
+    if args.manifest is not None:
+        if args.subject is not None or args.output is not None:
+            raise TalkgsError("--manifest names each job's model and output in its rows: give neither SUBJECT_DIR "
+                              "nor -o")
+        return _render_manifest(args)
+    if args.subject is None or args.output is None:
+        raise TalkgsError("give SUBJECT_DIR|MODEL and -o OUT.mp4 (or --manifest JOBS.csv)")
+    if args.ray is not None:
+        raise TalkgsError("--ray runs the jobs of a --manifest")
     if args.audio is None and args.drive is None:
         return _render_split(args)
     from talkgs.render.driver import DriveConfig, render_speech
@@ -51,6 +68,22 @@ def run(args: argparse.Namespace) -> int:
     log.info(f"wrote {summary['output']}: {summary['frames']} frames at {summary['fps']:g} fps "
              f"({summary['duration_s']:.2f} s; audio {summary['audio_s']:.2f} s), {summary['size']} px")
     return 0
+
+
+def _render_manifest(args: argparse.Namespace) -> int:
+    from talkgs.serve import batch
+    from talkgs.utils import log
+
+    jobs = batch.read_manifest(args.manifest)
+    if args.ray is None:
+        outcomes = batch.run_local(jobs, args.force)
+    else:
+        outcomes = batch.run_on_ray(jobs, args.force, args.ray or None)
+    result = batch.summary(outcomes)
+    log.info(f"{result['done']} done, {result['skipped']} skipped (output exists), {result['failed']} failed")
+    for failure in result["failures"]:
+        log.warn(f"line {failure['line']} ({failure['out']}): {failure['reason']}")
+    return 1 if result["failed"] else 0
 
 
 def _render_split(args: argparse.Namespace) -> int:

@@ -97,26 +97,28 @@ _COLOURS = {"black": (0, 0, 0), "white": (255, 255, 255), "green": (0, 255, 0), 
             "grey": (128, 128, 128), "gray": (128, 128, 128)}
 
 
+def parse_colour(spec: str) -> tuple[int, int, int] | None:
+    """The RGB of a colour spec ("white", "#00ff00", "0,255,0"), or None when ``spec`` is not one."""
+    spec = spec.strip()
+    if spec.lower() in _COLOURS:
+        return _COLOURS[spec.lower()]
+    try:
+        if spec.startswith("#") and len(spec) == 7:
+            return tuple(int(spec[i:i + 2], 16) for i in (1, 3, 5))
+        if spec.count(",") == 2:
+            rgb = tuple(int(v) for v in spec.split(","))
+            return rgb if all(0 <= v <= 255 for v in rgb) else None
+    except ValueError:
+        return None
+    return None
+
+
 def parse_background(spec: str, size: int, plate: np.ndarray) -> np.ndarray:
     """[size, size, 3] uint8 of a ``DriveConfig.background`` value; ``plate`` is the subject's own."""
     spec = spec.strip()
     if spec == "original":
         return cv2.resize(plate, (size, size), interpolation=cv2.INTER_AREA)
-    rgb = None
-    if spec.lower() in _COLOURS:
-        rgb = _COLOURS[spec.lower()]
-    elif spec.startswith("#") and len(spec) == 7:
-        try:
-            rgb = tuple(int(spec[i:i + 2], 16) for i in (1, 3, 5))
-        except ValueError:
-            rgb = None
-    elif spec.count(",") == 2:
-        try:
-            rgb = tuple(int(v) for v in spec.split(","))
-        except ValueError:
-            rgb = None
-        if rgb is not None and not all(0 <= v <= 255 for v in rgb):
-            rgb = None
+    rgb = parse_colour(spec)
     if rgb is not None:
         return np.broadcast_to(np.array(rgb, np.uint8), (size, size, 3)).copy()
     path = Path(spec)
@@ -392,6 +394,12 @@ class TalkingRenderer:
         # Premultiplied over: exactly the frame's pixels where the alpha is 1, the background where 0.
         return layer[..., :3] + (1 - layer[..., 3:]) * background
 
+    def close(self) -> None:
+        """Stop the layer decoders' threads (a server makes a renderer per session); the renderer stays usable."""
+        if self._decoders is not None:
+            self._decoders.shutdown(wait=False)
+            self._decoders = None
+
     # -- streaming -----------------------------------------------------------------------------------
     def stream(self, layers: Layers | None = None, lookahead_s: float | None = None) -> AudioStream:
         """A stream that takes audio chunks and returns the frames they complete (see ``AudioStream``).
@@ -584,11 +592,13 @@ def read_speech(path: str | Path) -> np.ndarray:
     return samples
 
 
-def render_speech(source: str | Path, audio_path: str | Path, out: str | Path, cfg: DriveConfig | None = None,
-                  device: str | None = None, force: bool = False, drive_video: bool = False) -> dict:
-    """Render ``source`` (a fitted subject folder or model file) speaking ``audio_path`` to ``out`` (H.264 +
-    AAC); returns a summary. ``drive_video``: ``audio_path`` is another person's talking video, whose
+def render_speech(source: str | Path | FittedModel, audio_path: str | Path, out: str | Path,
+                  cfg: DriveConfig | None = None, device: str | None = None, force: bool = False,
+                  drive_video: bool = False, progress: bool = True) -> dict:
+    """Render ``source`` (a fitted subject folder, model file or loaded model) speaking ``audio_path`` to ``out``
+    (H.264 + AAC); returns a summary. ``drive_video``: ``audio_path`` is another person's talking video, whose
     tracked mouth drives the head (``TalkingRenderer.codes_from_video``) and whose soundtrack is muxed.
+    ``progress``: a progress bar on stderr (a server has none).
 
     The frame count is the audio's duration at the subject's fps (rounded to whole frames), and frame
     i shows the mouth for the audio of [i / fps, (i + 1) / fps), so the muxed audio is in sync from the
@@ -609,11 +619,13 @@ def render_speech(source: str | Path, audio_path: str | Path, out: str | Path, c
     try:
         with media.VideoWriter(tmp, (renderer.size, renderer.size), renderer.fps, crf=16, preset="veryfast",
                                pix_fmt="yuv420p") as writer:
-            for frame in log.progress(renderer.frames(features), total=n, desc="render", unit="frame"):
+            for frame in log.progress(renderer.frames(features), total=n, desc="render", unit="frame",
+                                      disable=not progress):
                 writer.write(frame)
         media.mux_audio(tmp, audio_path, tmp_out)
         tmp_out.replace(out)
     finally:
+        renderer.close()
         tmp.unlink(missing_ok=True)
         tmp_out.unlink(missing_ok=True)
     return {"frames": n, "fps": renderer.fps, "duration_s": n / renderer.fps,

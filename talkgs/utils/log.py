@@ -27,4 +27,5 @@ def progress(iterable=None, **kwargs):
 
     kwargs.setdefault("leave", False)
     kwargs.setdefault("dynamic_ncols", True)
-    return tqdm(iterable, disable=_quiet or kwargs.pop("disable", False), file=sys.stderr, **kwargs)
+    disable = kwargs.pop("disable", False)
+    return tqdm(iterable, disable=_quiet or disable, file=sys.stderr, **kwargs)
