@@ -118,6 +118,12 @@ def set_service(service: Service) -> None:
     _SERVICE = service
 
 
+def current() -> Service:
+    """The process's service. The routes call this rather than read ``_SERVICE``: Ray pickles the app's route
+    functions by value, with a copy of the globals they read, and a module function is pickled by reference."""
+    return _SERVICE
+
+
 def _status(e: TalkgsError) -> int:
     """The HTTP status of a refused request; a WebSocket closes with 4000 + it."""
     return 404 if isinstance(e, UnknownModel) else 413 if isinstance(e, TooLarge) else 400
@@ -135,25 +141,25 @@ def build_app():
 
     @app.middleware("http")
     async def bearer(request: Request, call_next):
-        if not _SERVICE.authorized(request.headers, request.query_params):
+        if not current().authorized(request.headers, request.query_params):
             return JSONResponse({"error": "missing or wrong bearer token"}, status_code=401)
         return await call_next(request)
 
     @app.get("/healthz")
     async def healthz():
-        return {"ok": True, "replica": _SERVICE.replica, "version": __version__}
+        return {"ok": True, "replica": current().replica, "version": __version__}
 
     @app.get("/models")
     async def models():
-        return {"models": _SERVICE.catalog.info()}
+        return {"models": current().catalog.info()}
 
     @app.get("/metrics")
     async def metrics():
-        return _SERVICE.metrics()
+        return current().metrics()
 
     @app.post("/render")
     async def render(request: Request):
-        svc = _SERVICE
+        svc = current()
         folder = Path(tempfile.mkdtemp(prefix="talkgs-job-", dir=svc.cfg.tmp_dir))
         try:
             options = SessionOptions.parse(dict(request.query_params) | {"format": "jpeg"})
@@ -176,7 +182,7 @@ def build_app():
 
     @app.websocket("/session")
     async def session(ws: WebSocket):
-        svc = _SERVICE
+        svc = current()
         if not svc.authorized(ws.headers, ws.query_params):
             await ws.close(code=4401, reason="missing or wrong bearer token")  # before accept: HTTP 403
             return
@@ -219,7 +225,7 @@ async def _open(ws, svc: Service) -> LiveSession:
         live = await svc.run(LiveSession, model, options, svc.cfg, svc.device)
     except TalkgsError as e:
         raise Closed(4000 + _status(e), str(e)) from None
-    await ws.send_json(live.info())
+    await ws.send_json(live.info() | {"replica": svc.replica})
     return live
 
 
