@@ -130,6 +130,16 @@ def test_stream_of_the_default_model(fitted, speech):
         assert np.median(diff) < 0.1 and np.percentile(diff, 95) < 0.3 and diff.max() < 1.0
 
 
+def test_stream_frames_do_not_depend_on_the_chunking(fitted, speech):
+    """Each feature block is encoded from the same stretch of audio however the audio arrives, so a server that
+    joins the chunks a client sent while it was busy gives the same frames (Whisper decides over a stretch)."""
+    renderer = TalkingRenderer(fitted[0], DriveConfig(blink="none"))
+    samples = media.read_audio(speech)
+    runs = [stream_in_chunks(renderer.stream(), samples, chunk) for chunk in (640, 1600, 12000, len(samples))]
+    assert all(len(run) == len(runs[0]) for run in runs)
+    assert all(np.array_equal(a, b) for run in runs[1:] for a, b in zip(runs[0], run))
+
+
 def test_track_pose_blink_and_background(fitted):
     from talkgs.data import Subject
 

@@ -43,7 +43,8 @@ def pcm(speech) -> bytes:
 
 @pytest.fixture(scope="module")
 def server(fitted):
-    srv = EmbeddedServer([fitted[0]], ServeConfig(port=0)).start()
+    # late_frames keep: a frame-for-frame comparison must not depend on how busy the machine is.
+    srv = EmbeddedServer([fitted[0]], ServeConfig(port=0, late_frames="keep")).start()
     yield srv
     srv.stop()
 
@@ -106,7 +107,7 @@ def test_session_frames_are_the_stream_frames(server, fitted, pcm):
     for fmt in ("png", "raw"):
         ready, frames, done = run_session(ws_url(server), {"model": fitted[0].name, "format": fmt}, pcm)
         assert ready["size"] == renderer.size and ready["fps"] == renderer.fps and ready["sample_rate"] == 16000
-        assert done == {"type": "done", "frames": len(expected), "dropped": 0}
+        assert done == {"type": "done", "frames": len(expected), "dropped": 0, "skipped": 0}
         assert [i for i, _, _ in frames] == list(range(len(expected)))
         assert all(t == pytest.approx(i / renderer.fps) for i, t, _ in frames)
         assert all(np.array_equal(image, want) for (_, _, image), want in zip(frames, expected))
@@ -169,7 +170,7 @@ def test_a_client_that_does_not_read_is_bounded(fitted, policy):
     import threading
     import time
 
-    cfg = ServeConfig(port=0, send_queue_frames=4, slow_client=policy, slow_client_wait_s=0.5)
+    cfg = ServeConfig(port=0, send_queue_frames=4, slow_client=policy, slow_client_wait_s=0.5, late_frames="keep")
     srv = EmbeddedServer([fitted[0]], cfg).start()
     samples = media.read_audio(DEMO, 16000)[:16000 * 8]
     pcm = (np.clip(samples, -1, 1) * 32767).astype("<i2").tobytes()
@@ -211,6 +212,35 @@ def test_a_client_that_does_not_read_is_bounded(fitted, policy):
         return
     assert last["type"] == "done" and last["dropped"] > 0 and metrics["frames_dropped"] == last["dropped"]
     assert len(frames) + last["dropped"] == last["frames"] == 200 and frames[-1] == 199  # it sees the present
+
+
+def test_a_session_behind_real_time_skips_late_frames(fitted, pcm):
+    """Frames already past due (an overloaded server) are not rendered: the session jumps to the present and the
+    frames it does send are the stream's frames of the same index."""
+    from talkgs.model.fitted import load_model
+    from talkgs.serve.session import LiveSession, SessionOptions
+
+    model = load_model(fitted[0])
+    options = SessionOptions.parse({"model": "demo", "format": "raw"})
+    half = len(pcm) // 4 * 2
+    samples = pcm16_to_float(pcm)
+    expected = stream_in_chunks(TalkingRenderer(model, device="cpu").stream(), samples, half // 2)
+    for policy in ("skip", "keep"):
+        live = LiveSession(model, options, ServeConfig(late_frames=policy, late_after_s=0.5), device="cpu")
+        got = live.push(pcm[:half], now=0.0)  # on time: the first chunk sets the clock
+        # The rest arrives 3 s later, 1.35 s late (the server was busy): frames due before 3 - 0.8 - 0.5 s, the
+        # 42 first, are skipped but for those the first chunk rendered.
+        got += live.push(pcm[half:], now=3.0) + live.close(now=3.0)
+        indices = [i for i, _ in got]
+        assert live.frames == len(expected) and indices == sorted(set(indices))
+        assert all(np.array_equal(frame, expected[i]) for i, frame in got)
+        late = int((3.0 - live.stream.latency_ms / 1000 - 0.5) * live.fps)
+        if policy == "skip":
+            assert live.skipped > 0 and len(got) + live.skipped == len(expected)
+            assert set(range(late)) - set(indices) and all(i in indices for i in range(late, len(expected)))
+        else:
+            assert live.skipped == 0 and indices == list(range(len(expected)))
+        live.release()
 
 
 def test_token_and_exposure(fitted, capsys, monkeypatch):

@@ -413,7 +413,9 @@ class FeatureStream:
     Feature frames are computed in blocks of ``BLOCK_FRAMES`` once the audio has reached ``lookahead_s``
     past a block. By default that is the encoders' own need (their ``CONTEXT_S``): 0.05 s for mel and cepstra,
     ``AudioConfig.whisper_stream_lookahead_s`` for Whisper, 1 s for the phone decoders, which decide a phone better
-    the more of what follows they hear. A smaller ``lookahead_s`` is the low-latency mode of the encoders that
+    the more of what follows they hear. Each block is computed from the same stretch of audio (``context_s``
+    before it to ``lookahead_s`` after it) however the audio was chunked, so a stream's frames do not depend on
+    how its audio arrived. A smaller ``lookahead_s`` is the low-latency mode of the encoders that
     decide over a stretch (``STRETCH_ENCODERS``): their features near the end of each stretch are decided with less
     of the following speech (what that costs: docs/lip_sync.md, Streaming). Audio older than the encoders' context
     (``CONTEXT_S``) before the first frame still to be computed is dropped, so memory stays flat however long the
@@ -470,8 +472,8 @@ class FeatureStream:
         self.buffer = np.concatenate([self.buffer, samples])
         self.received += len(samples)
         ready = int(math.floor((self.received / self.SAMPLE_RATE - self.lookahead_s) * self.fps))
-        if ready - self.end >= self.BLOCK_FRAMES:
-            self._compute(self.end, ready)
+        while ready - self.end >= self.BLOCK_FRAMES:
+            self._compute(self.end, self.end + self.BLOCK_FRAMES)
 
     def finish(self, total: int) -> None:
         """End of audio: cut or zero-pad it to ``total`` frames' duration (as offline) and compute the rest."""
@@ -481,8 +483,8 @@ class FeatureStream:
             self.buffer = np.concatenate([self.buffer, np.zeros(pad, np.float32)])
         elif pad < 0:
             self.buffer = self.buffer[:len(self.buffer) + pad]
-        if self.end < total:
-            self._compute(self.end, total)
+        while self.end < total:
+            self._compute(self.end, min(self.end + self.BLOCK_FRAMES, total))
 
     def drop_before(self, frame: int) -> None:
         """Forget the feature frames before ``frame`` (and, from now on, the audio no later frame needs)."""
@@ -501,10 +503,17 @@ class FeatureStream:
             self.buffer_start += cut
 
     def _compute(self, lo: int, hi: int) -> None:
+        """Feature frames lo..hi-1 (one block) from the audio ``context_s`` before lo to ``lookahead_s`` past hi:
+        the same stretch however the audio was chunked, so a stream's features (and frames) do not depend on
+        how its audio arrived."""
         from talkgs.audio.features import encode_span, feature_times
 
         times = feature_times(hi, self.fps)[lo:hi].reshape(-1)  # [2 (hi - lo)]
-        parts = [encode_span(e, self.buffer, self.buffer_start / self.SAMPLE_RATE, times, self.audio_cfg,
+        hop = self._hop
+        first = max(self.buffer_start, int((lo / self.fps - self.context_s) * self.SAMPLE_RATE) // hop * hop)
+        last = math.ceil((hi / self.fps + self.lookahead_s) * self.SAMPLE_RATE)
+        stretch = self.buffer[first - self.buffer_start:last - self.buffer_start]
+        parts = [encode_span(e, stretch, first / self.SAMPLE_RATE, times, self.audio_cfg,
                              state=self._states[e]) for e in self.encoders]
         self.features.extend(np.concatenate(parts, -1).reshape(hi - lo, 2, -1))
         self._trim()
@@ -533,33 +542,46 @@ class AudioStream:
         self.layers = layers
         self.features = FeatureStream(renderer.encoders, renderer.fps, renderer.audio_cfg, lookahead_s)
         self._next_frame = 0
+        self.skipped = 0  # frames passed over (``push``'s ``skip_before``)
         self._closed = False
         right = math.ceil(round(self.features.lookahead_s * renderer.fps, 6))
         #: Frames between a frame's own audio arriving and the frame being returned (worst case).
         self.latency_frames = renderer.lookahead + right + FeatureStream.BLOCK_FRAMES
         self.latency_ms = 1000.0 * self.latency_frames / renderer.fps
 
-    def push(self, samples: np.ndarray) -> list[np.ndarray]:
-        """Add float32 16 kHz mono samples; return the frames (uint8 [S, S, 3]) that are now final."""
+    @property
+    def next_frame(self) -> int:
+        """The index of the next frame ``push`` or ``close`` will return (frames are returned in order)."""
+        return self._next_frame
+
+    def push(self, samples: np.ndarray, skip_before: int = 0) -> list[np.ndarray]:
+        """Add float32 16 kHz mono samples; return the frames (uint8 [S, S, 3]) that are now final.
+
+        ``skip_before``: frames before it are not rendered (a live server skips frames already too late to show;
+        ``skipped`` counts them), so the frames returned are the ``len(frames)`` just before ``next_frame``.
+        """
         if self._closed:
             raise RuntimeError("push after close")
         self.features.push(samples)
-        return self._render(have_until=self.features.end - self.r.lookahead, final_count=None)
+        return self._render(have_until=self.features.end - self.r.lookahead, final_count=None, skip_before=skip_before)
 
-    def close(self) -> list[np.ndarray]:
+    def close(self, skip_before: int = 0) -> list[np.ndarray]:
         """End of audio: the remaining frames, so that the stream has the offline render's frame count."""
         if self._closed:
             return []
         self._closed = True
         total = self.r.num_frames(self.features.received, self.SAMPLE_RATE)
         self.features.finish(total)
-        return self._render(have_until=total, final_count=total)
+        return self._render(have_until=total, final_count=total, skip_before=skip_before)
 
-    def _render(self, have_until: int, final_count: int | None) -> list[np.ndarray]:
+    def _render(self, have_until: int, final_count: int | None, skip_before: int = 0) -> list[np.ndarray]:
         stop = have_until if final_count is None else final_count
         fs = self.features
         if stop <= self._next_frame or not fs.features:
             return []
+        skip = min(max(0, skip_before - self._next_frame), stop - self._next_frame)
+        self.skipped += skip
+        self._next_frame += skip
         feats = torch.tensor(np.stack(fs.features), device=self.r.device)  # [W, 2, D]
         frames = []
         for a in range(self._next_frame, stop, self.r.cfg.batch):

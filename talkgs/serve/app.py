@@ -10,7 +10,9 @@ Routes (every one needs ``Authorization: Bearer TOKEN`` when the server has a to
   ``lookahead_s``), gets ``{"type": "ready", ...}``, then sends speech as binary 16-bit mono PCM at 16 kHz in
   chunks of any length and receives each finished frame as one binary message (``session.FRAME_HEADER``: frame
   index and audio time, then the image). ``{"type": "end"}`` asks for the frames still owed; the server sends
-  them, ``{"type": "done", "frames": N, "dropped": K}`` and closes with 1000. A session refused or ended early
+  them, ``{"type": "done", "frames": N, "dropped": D, "skipped": K}`` and closes with 1000 (``dropped``: frames the
+  client read too slowly to get; ``skipped``: frames too late to render on a server with more sessions than it
+  renders in real time, ``ServeConfig.late_frames``). A session refused or ended early
   gets ``{"type": "error", "message": ...}`` and a close code: 4400 bad options or speech, 4404 unknown model,
   4408 the client reads too slowly (``slow_client: close``), 4413 a chunk or session too long, 4503 server full,
   1011 an internal error.
@@ -35,7 +37,7 @@ from pathlib import Path
 from talkgs.errors import TalkgsError
 from talkgs.serve.config import ServeConfig
 from talkgs.serve.models import ModelCatalog, UnknownModel
-from talkgs.serve.session import LiveSession, SessionOptions, TooLarge
+from talkgs.serve.session import SAMPLE_RATE, LiveSession, SessionOptions, TooLarge
 
 #: Seconds a new WebSocket has to send its options before it is closed.
 OPEN_TIMEOUT_S = 30.0
@@ -73,6 +75,7 @@ class Service:
         self._lock = threading.Lock()
         self.sessions = 0
         self.counts = {"sessions_total": 0, "sessions_refused": 0, "frames_sent": 0, "frames_dropped": 0,
+                       "frames_skipped": 0,
                        "jobs_done": 0, "jobs_failed": 0}
         self.latencies_ms: deque[float] = deque(maxlen=LATENCY_WINDOW)
 
@@ -171,7 +174,8 @@ def build_app():
         except TalkgsError as e:
             shutil.rmtree(folder, ignore_errors=True)
             svc.count("jobs_failed")
-            return JSONResponse({"error": str(e)}, status_code=_status(e))
+            message = str(e).replace(f"{folder}/speech", "the speech file")  # the server's paths are its own
+            return JSONResponse({"error": message}, status_code=_status(e))
         except BaseException:
             shutil.rmtree(folder, ignore_errors=True)
             svc.count("jobs_failed")
@@ -207,6 +211,7 @@ def build_app():
         finally:
             svc.sessions -= 1
             if live is not None:
+                svc.count("frames_skipped", live.skipped)
                 live.release()
 
     return app
@@ -230,12 +235,15 @@ async def _open(ws, svc: Service) -> LiveSession:
 
 
 async def _converse(ws, svc: Service, live: LiveSession) -> None:
-    """Read speech, render, and send frames through a bounded queue until the client ends or leaves.
+    """Read speech, render, and send frames until the client ends or leaves.
 
-    A chunk's frames join the queue at once (a long chunk is a burst); a sender task empties it as fast as the
-    client reads. Past ``send_queue_frames`` the next chunk is not read until the queue drains (the client's own
-    speech waits, over TCP), for at most ``slow_client_wait_s``; then ``slow_client`` decides: the oldest frames
-    are dropped, or the session closes. So the queue never holds more than the limit plus one chunk's frames.
+    Three tasks: a reader puts the speech that arrives into an inbox (at most ``max_chunk_s`` of it: past that it
+    stops reading, and the client's sends wait, over TCP); this loop renders everything in the inbox at once
+    whenever it gets a render slot (a session that waited for its turn catches up in one batch, skipping what is
+    already too late); a sender empties the frame queue as fast as the client reads. Past ``send_queue_frames``
+    waiting frames the next render waits for the queue to drain, for at most ``slow_client_wait_s``; then
+    ``slow_client`` decides: the oldest frames are dropped, or the session closes. So the queue never holds more
+    than the limit plus one render's frames.
     """
     from starlette.websockets import WebSocketDisconnect
 
@@ -243,6 +251,38 @@ async def _converse(ws, svc: Service, live: LiveSession) -> None:
     queue: deque = deque()
     ready, drained = asyncio.Event(), asyncio.Event()
     dropped = 0
+    inbox: list[bytes] = []
+    arrived, room = asyncio.Event(), asyncio.Event()
+    room.set()
+    state: dict = {"end": False, "error": None, "since": None, "bytes": 0}
+    inbox_limit = int(cfg.max_chunk_s * SAMPLE_RATE) * 2
+
+    async def reader() -> None:
+        try:
+            while True:
+                await room.wait()
+                message = await ws.receive()
+                if message["type"] == "websocket.disconnect":
+                    raise WebSocketDisconnect(message.get("code", 1000))
+                data = message.get("bytes")
+                if data is not None:
+                    live.check_chunk(data)
+                    inbox.append(data)
+                    state["since"] = state["since"] or time.perf_counter()
+                    state["bytes"] += len(data)
+                    if state["bytes"] >= inbox_limit:
+                        room.clear()
+                elif _is_end(message.get("text")):
+                    state["end"] = True
+                    return
+                else:
+                    raise Closed(4400, "send speech as binary 16-bit PCM, or the text {\"type\": \"end\"}")
+        except TalkgsError as e:
+            state["error"] = Closed(4000 + _status(e), str(e))
+        except (Closed, WebSocketDisconnect) as e:
+            state["error"] = e
+        finally:
+            arrived.set()
 
     async def sender() -> None:
         while True:
@@ -253,7 +293,8 @@ async def _converse(ws, svc: Service, live: LiveSession) -> None:
                 if len(queue) <= cfg.send_queue_frames:
                     drained.set()
                 if item is _DONE:
-                    await ws.send_json({"type": "done", "frames": live.frames, "dropped": dropped})
+                    await ws.send_json({"type": "done", "frames": live.frames, "dropped": dropped,
+                                        "skipped": live.skipped})
                     await ws.close(1000)
                     return
                 await ws.send_bytes(live.encode(*item))
@@ -279,28 +320,32 @@ async def _converse(ws, svc: Service, live: LiveSession) -> None:
             dropped += 1
             svc.count("frames_dropped")
 
-    send = asyncio.create_task(sender())
+    read, send = asyncio.create_task(reader()), asyncio.create_task(sender())
     try:
         while not send.done():
-            message = await ws.receive()
-            if message["type"] == "websocket.disconnect":
-                raise WebSocketDisconnect(message.get("code", 1000))
-            t0 = time.perf_counter()
-            if message.get("bytes") is not None:
+            if not inbox and not state["end"] and state["error"] is None:
+                await arrived.wait()
+            arrived.clear()
+            if state["error"] is not None:
+                raise state["error"]
+            if inbox:
+                data, since = b"".join(inbox), state["since"]
+                inbox.clear()
+                state.update(since=None, bytes=0)
+                room.set()
                 try:
-                    frames = await svc.run(live.push, message["bytes"])
+                    frames = await svc.run(live.push, data)
                 except TalkgsError as e:
                     raise Closed(4000 + _status(e), str(e)) from None
-                await enqueue(frames, t0)
-            elif _is_end(message.get("text")):
-                await enqueue(await svc.run(live.close) + [_DONE], t0)
+                await enqueue(frames, since)
+            elif state["end"]:
+                await enqueue(await svc.run(live.close) + [_DONE], time.perf_counter())
                 break
-            else:
-                raise Closed(4400, "send speech as binary 16-bit PCM, or the text {\"type\": \"end\"}")
         await send  # the rest of the frames and ``done``; or the error that ended it (the client left)
     finally:
-        if not send.done():
-            send.cancel()
+        for task in (read, send):
+            if not task.done():
+                task.cancel()
 
 
 def _is_end(text: str | None) -> bool:

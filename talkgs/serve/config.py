@@ -86,6 +86,13 @@ class ServeConfig:
     slow_client_wait_s: float = 2.0
     """How long a full queue may take to drain (the client's next speech chunk is not read meanwhile) before
     ``slow_client`` acts: a burst of frames from one long chunk is not a slow client."""
+    late_frames: str = "skip"
+    """A live session whose frames fall behind its speech (more sessions than the machine renders in real time):
+    "skip": frames already more than ``late_after_s`` past due are not rendered (counted as ``skipped`` in
+    ``done``), so the session stays in sync at a lower frame rate; "keep": every frame is rendered, later and
+    later. Frames are due at the first chunk's arrival + their audio time + the stream's latency."""
+    late_after_s: float = 0.5
+    """How late past due a frame may be and still be rendered (covers a client's chunking and one block's render)."""
     max_chunk_s: float = 10.0
     """Longest audio chunk a session takes in one message (larger ones end the session with 4413)."""
     max_session_s: float = 3600.0
@@ -106,6 +113,10 @@ class ServeConfig:
             raise TalkgsError(f"port must be between 0 and 65535, got {self.port}")
         if self.device not in ("auto", "cpu", "cuda"):
             raise TalkgsError(f"unknown device {self.device!r} (choose from auto, cpu, cuda)")
+        if self.late_frames not in ("skip", "keep"):
+            raise TalkgsError(f"late_frames must be skip or keep, got {self.late_frames!r}")
+        if self.late_after_s < 0:
+            raise TalkgsError(f"late_after_s must be at least 0, got {self.late_after_s}")
         if self.slow_client not in SLOW_CLIENT_POLICIES:
             raise TalkgsError(f"slow_client must be one of {', '.join(SLOW_CLIENT_POLICIES)}, got {self.slow_client!r}")
         if min(self.models_cached, self.max_sessions, self.render_slots, self.send_queue_frames) < 1:

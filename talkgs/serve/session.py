@@ -6,7 +6,9 @@ raw frames are the stream's frames bit for bit. The WebSocket protocol around it
 
 from __future__ import annotations
 
+import math
 import struct
+import time
 from dataclasses import dataclass
 
 import numpy as np
@@ -105,7 +107,16 @@ class LiveSession:
         self.stream = self.renderer.stream(lookahead_s=options.lookahead_s)
         self.fps = self.renderer.fps
         self.samples = 0  # received so far
-        self.frames = 0  # returned so far
+        self.started: float | None = None  # when the first speech arrived (perf_counter)
+
+    @property
+    def frames(self) -> int:
+        """Frames accounted for so far: returned or skipped."""
+        return self.stream.next_frame
+
+    @property
+    def skipped(self) -> int:
+        return self.stream.skipped
 
     def info(self) -> dict:
         """The session's ``ready`` message."""
@@ -113,26 +124,43 @@ class LiveSession:
                 "format": self.options.format, "sample_rate": SAMPLE_RATE,
                 "latency_ms": round(self.stream.latency_ms, 1), "header": "<Id: frame index, audio time (s)"}
 
-    def push(self, pcm: bytes) -> list[tuple[int, np.ndarray]]:
+    def _late_before(self, now: float) -> int:
+        """Frames before this one are due on screen more than ``late_after_s`` ago: rendering them would only delay
+        the frames that can still be on time (``ServeConfig.late_frames``)."""
+        if self.cfg.late_frames == "keep" or self.started is None:
+            return 0
+        behind = now - self.started - self.stream.latency_ms / 1000.0 - self.cfg.late_after_s
+        return max(0, math.floor(behind * self.fps))
+
+    def check_chunk(self, pcm: bytes) -> None:
+        """One client message of speech: 16-bit samples, at most ``max_chunk_s`` of them."""
+        if len(pcm) % 2:
+            raise TalkgsError(f"a speech chunk must be 16-bit PCM: {len(pcm)} bytes is an odd count")
+        if len(pcm) // 2 > self.cfg.max_chunk_s * SAMPLE_RATE:
+            raise TooLarge(f"a chunk of {len(pcm) / 2 / SAMPLE_RATE:.1f} s is longer than the "
+                           f"{self.cfg.max_chunk_s:g} s this server takes at once")
+
+    def push(self, pcm: bytes, now: float | None = None) -> list[tuple[int, np.ndarray]]:
+        """The (index, frame) pairs PCM16 speech completes (one chunk or several joined); ``now`` (perf_counter):
+        the time that decides which frames are too late (``ServeConfig.late_frames``), by default the present."""
         samples = pcm16_to_float(pcm)
-        if len(samples) > self.cfg.max_chunk_s * SAMPLE_RATE:
-            raise TooLarge(f"a chunk of {len(samples) / SAMPLE_RATE:.1f} s is longer than the "
-                              f"{self.cfg.max_chunk_s:g} s this server takes at once")
         if self.samples + len(samples) > self.cfg.max_session_s * SAMPLE_RATE:
             raise TooLarge(f"the session passed {self.cfg.max_session_s:g} s of speech, this server's limit")
+        now = time.perf_counter() if now is None else now
+        if self.started is None and len(samples):
+            self.started = now
         self.samples += len(samples)
-        return self._number(self.stream.push(samples))
+        return self._number(self.stream.push(samples, skip_before=self._late_before(now)))
 
-    def close(self) -> list[tuple[int, np.ndarray]]:
+    def close(self, now: float | None = None) -> list[tuple[int, np.ndarray]]:
         """The frames still owed once the speech has ended (none if no speech came)."""
         if self.samples == 0:
             return []
-        return self._number(self.stream.close())
+        now = time.perf_counter() if now is None else now
+        return self._number(self.stream.close(skip_before=self._late_before(now)))
 
     def _number(self, frames: list[np.ndarray]) -> list[tuple[int, np.ndarray]]:
-        out = list(enumerate(frames, self.frames))
-        self.frames += len(frames)
-        return out
+        return list(enumerate(frames, self.stream.next_frame - len(frames)))
 
     def encode(self, index: int, frame: np.ndarray) -> bytes:
         """A frame message: ``FRAME_HEADER`` then the image in the session's format."""
