@@ -55,19 +55,19 @@ def ws_url(srv, path: str = "/session") -> str:
 
 def run_session(url: str, options: dict, pcm: bytes, chunk: int = CHUNK, headers=None) -> tuple[dict, list, dict]:
     """(ready, frames as (index, time, image), done) of one session that sends ``pcm`` in chunks, then ends."""
-    frames = []
     with connect(url, max_size=None, additional_headers=headers) as ws:
         ws.send(json.dumps(options))
         ready = json.loads(ws.recv())
         assert ready["type"] == "ready", ready
         for a in range(0, len(pcm), 2 * chunk):
             ws.send(pcm[a:a + 2 * chunk])
+        messages = [ws.recv(timeout=60)]  # frames come while the speech goes on, not only after its end
+        assert isinstance(messages[0], bytes)
         ws.send(json.dumps({"type": "end"}))
-        while True:
-            message = ws.recv()
-            if isinstance(message, str):
-                return ready, frames, json.loads(message)
-            frames.append(decode_frame(message, options.get("format", "jpeg"), ready["size"]))
+        while isinstance(messages[-1], bytes):
+            messages.append(ws.recv())
+        frames = [decode_frame(m, options.get("format", "jpeg"), ready["size"]) for m in messages[:-1]]
+        return ready, frames, json.loads(messages[-1])
 
 
 def refused(url: str, first, pcm: bytes = b"") -> tuple[int, str]:

@@ -272,6 +272,7 @@ async def _converse(ws, svc: Service, live: LiveSession) -> None:
                     state["bytes"] += len(data)
                     if state["bytes"] >= inbox_limit:
                         room.clear()
+                    arrived.set()
                 elif _is_end(message.get("text")):
                     state["end"] = True
                     return
