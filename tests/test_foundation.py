@@ -194,3 +194,37 @@ def test_staging_dir(tmp_path):
     assert not (dest / "old.bin").exists()
     assert (dest / "user.txt").read_text() == "mine" and (dest / "sub" / "a.txt").read_text() == "a"
     assert [p.name for p in tmp_path.iterdir()] == ["out"]
+
+
+def test_fair_slots_grant_turns_in_arrival_order():
+    """A thread that releases and asks again at once waits behind those that asked before it; at most N hold."""
+    import threading
+    import time
+
+    from talkgs.utils.threads import FairSlots
+
+    slots, order, holding, most = FairSlots(1), [], [0], [0]
+    gate = threading.Lock()
+
+    def worker(name: str) -> None:
+        for _ in range(3):
+            with slots:
+                with gate:
+                    holding[0] += 1
+                    most[0] = max(most[0], holding[0])
+                order.append(name)
+                time.sleep(0.01)
+                with gate:
+                    holding[0] -= 1
+
+    threads = [threading.Thread(target=worker, args=(n,)) for n in "abc"]
+    with slots:  # all three queue up while the slot is held
+        for t in threads:
+            t.start()
+            time.sleep(0.05)
+    for t in threads:
+        t.join()
+    assert most[0] == 1 and order[:3] == ["a", "b", "c"] and order == ["a", "b", "c"] * 3
+    two = FairSlots(2)
+    with two, two:  # two holders at once
+        pass

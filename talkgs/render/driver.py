@@ -614,13 +614,25 @@ def read_speech(path: str | Path) -> np.ndarray:
     return samples
 
 
+def _guarded(frames, guard):
+    """The items of generator ``frames``, each produced with ``guard`` held (a batch renders on the first of its
+    frames; the others come from the batch already made)."""
+    while True:
+        with guard:
+            frame = next(frames, None)
+        if frame is None:
+            return
+        yield frame
+
+
 def render_speech(source: str | Path | FittedModel, audio_path: str | Path, out: str | Path,
                   cfg: DriveConfig | None = None, device: str | None = None, force: bool = False,
-                  drive_video: bool = False, progress: bool = True) -> dict:
+                  drive_video: bool = False, progress: bool = True, guard=None) -> dict:
     """Render ``source`` (a fitted subject folder, model file or loaded model) speaking ``audio_path`` to ``out``
     (H.264 + AAC); returns a summary. ``drive_video``: ``audio_path`` is another person's talking video, whose
     tracked mouth drives the head (``TalkingRenderer.codes_from_video``) and whose soundtrack is muxed.
-    ``progress``: a progress bar on stderr (a server has none).
+    ``progress``: a progress bar on stderr (a server has none). ``guard``: a context manager held while each batch
+    of frames renders (a server's render turns, so that its live sessions go on during a job).
 
     The frame count is the audio's duration at the subject's fps (rounded to whole frames), and frame
     i shows the mouth for the audio of [i / fps, (i + 1) / fps), so the muxed audio is in sync from the
@@ -641,8 +653,8 @@ def render_speech(source: str | Path | FittedModel, audio_path: str | Path, out:
     try:
         with media.VideoWriter(tmp, (renderer.size, renderer.size), renderer.fps, crf=16, preset="veryfast",
                                pix_fmt="yuv420p") as writer:
-            for frame in log.progress(renderer.frames(features), total=n, desc="render", unit="frame",
-                                      disable=not progress):
+            frames = renderer.frames(features) if guard is None else _guarded(renderer.frames(features), guard)
+            for frame in log.progress(frames, total=n, desc="render", unit="frame", disable=not progress):
                 writer.write(frame)
         media.mux_audio(tmp, audio_path, tmp_out)
         tmp_out.replace(out)

@@ -38,6 +38,7 @@ from talkgs.errors import TalkgsError
 from talkgs.serve.config import ServeConfig
 from talkgs.serve.models import ModelCatalog, UnknownModel
 from talkgs.serve.session import SAMPLE_RATE, LiveSession, SessionOptions, TooLarge
+from talkgs.utils.threads import FairSlots
 
 #: Seconds a new WebSocket has to send its options before it is closed.
 OPEN_TIMEOUT_S = 30.0
@@ -71,7 +72,7 @@ class Service:
         self.loaded = loaded
         self.replica = replica or f"pid {os.getpid()}"
         self.device = cfg.device  # "auto": CUDA when there is a GPU, whatever device the fit ran on
-        self._slots = threading.Semaphore(cfg.render_slots)
+        self.slots = FairSlots(cfg.render_slots)  # render turns, in arrival order: no session starves another
         self._lock = threading.Lock()
         self.sessions = 0
         self.counts = {"sessions_total": 0, "sessions_refused": 0, "frames_sent": 0, "frames_dropped": 0,
@@ -83,10 +84,13 @@ class Service:
         self.catalog[name]  # unknown names fail here, before any loading
         return await self.get_model(name)
 
-    async def run(self, fn, *args):
-        """``fn(*args)`` on a worker thread, holding a render slot (renders take turns on the cores)."""
+    async def run(self, fn, *args, slot: bool = True):
+        """``fn(*args)`` on a worker thread, holding a render slot (renders take turns on the cores) unless
+        ``slot`` is False (a job takes a slot per batch of frames itself)."""
         def call():
-            with self._slots:
+            if not slot:
+                return fn(*args)
+            with self.slots:
                 return fn(*args)
 
         return await asyncio.to_thread(call)
@@ -170,7 +174,7 @@ def build_app():
             model = await svc.model(options.model)
             speech = await _receive_upload(request, folder / "speech", svc.cfg.max_upload_mb)
             out = folder / "out.mp4"
-            await svc.run(_render_job, model, speech, out, options, svc)
+            await svc.run(_render_job, model, speech, out, options, svc, slot=False)
         except TalkgsError as e:
             shutil.rmtree(folder, ignore_errors=True)
             svc.count("jobs_failed")
@@ -395,4 +399,5 @@ def _render_job(model, speech: Path, out: Path, options: SessionOptions, svc: Se
     if len(samples) > svc.cfg.max_audio_s * 16000:
         raise TalkgsError(f"the speech is {len(samples) / 16000:.0f} s long; this server renders at most "
                           f"{svc.cfg.max_audio_s:g} s")
-    render_speech(model, speech, out, options.drive_config(), svc.device, progress=False)
+    # A slot per batch of frames, not for the whole job: live sessions take their turns between the batches.
+    render_speech(model, speech, out, options.drive_config(), svc.device, progress=False, guard=svc.slots)

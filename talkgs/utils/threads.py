@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import os
 import sys
+import threading
 import time
 
 ENV_SWITCH = "TALKGS_SHARE_CORES"  # "0": leave OpenMP's spin and torch's thread count alone
@@ -132,3 +133,36 @@ class CoreShare:
 
 #: The one ``CoreShare`` of this process: the training loop and the renderer call its ``update``.
 CORES = CoreShare()
+
+
+class FairSlots:
+    """At most ``slots`` holders at once, granted in arrival order (``with slots: ...``).
+
+    ``threading.Semaphore`` makes no ordering promise: a thread that releases and asks again at once can win again
+    and again, so one busy viewer tab or one server session starves the others. Tickets make every waiting thread
+    get its turn after those that asked before it.
+    """
+
+    def __init__(self, slots: int = 1):
+        if slots < 1:
+            raise ValueError(f"slots must be at least 1, got {slots}")
+        self.slots = slots
+        self._cond = threading.Condition()
+        self._next = 0  # next ticket handed out
+        self._serving = 0  # the next ticket to be granted
+        self._active = 0  # holders now
+
+    def __enter__(self) -> FairSlots:
+        with self._cond:
+            ticket = self._next
+            self._next += 1
+            self._cond.wait_for(lambda: self._serving == ticket and self._active < self.slots)
+            self._serving += 1
+            self._active += 1
+            self._cond.notify_all()  # the next ticket may fit in another free slot
+        return self
+
+    def __exit__(self, *exc) -> None:
+        with self._cond:
+            self._active -= 1
+            self._cond.notify_all()

@@ -22,6 +22,7 @@ import numpy as np
 from talkgs.errors import TalkgsError
 from talkgs.utils import media
 from talkgs.utils.camera import scale_intrinsics
+from talkgs.utils.threads import FairSlots
 from talkgs.viewer.camera import Orbit, orbit_viewmat, project
 from talkgs.viewer.config import BLINK_MODES, ViewerConfig
 
@@ -109,31 +110,6 @@ class RenderedFrame:
     render_ms: float  # time holding it
 
 
-class FairLock:
-    """A lock granted in arrival order, so that one busy tab cannot starve another.
-
-    ``threading.Lock`` makes no ordering promise: a thread that releases and re-acquires at once can
-    win again and again. Tickets make every waiting request render within (tabs - 1) frames.
-    """
-
-    def __init__(self):
-        self._cond = threading.Condition()
-        self._next = 0  # next ticket handed out
-        self._serving = 0  # ticket that may hold the lock
-
-    def __enter__(self) -> FairLock:
-        with self._cond:
-            ticket = self._next
-            self._next += 1
-            self._cond.wait_for(lambda: self._serving == ticket)
-        return self
-
-    def __exit__(self, *exc) -> None:
-        with self._cond:
-            self._serving += 1
-            self._cond.notify_all()
-
-
 def pick_size(cfg: ViewerConfig, device: str, fit_resolution: int, layer_size: int) -> int:
     """Full viewer resolution: ``cfg.size``, else the fit's resolution on CPU and the size of the
     model's stored layers on a GPU."""
@@ -171,7 +147,7 @@ class ViewerEngine:
         source = Path(source)
         self.subject_name = source.resolve().name if source.is_dir() else model.header.get("source", source.stem)
         self._torch = torch
-        self._lock = FairLock()  # one render at a time: the GPU/CPU is shared, and Track is stateful
+        self._lock = FairSlots(1)  # one render at a time, in arrival order: the cores are shared, Track is stateful
         self._upload_lock = threading.Lock()  # one audio decode/encode at a time: bounds CPU and memory
         self._clips_lock = threading.Lock()
         self._tracks = {self.cfg.blink: self.renderer.track}
