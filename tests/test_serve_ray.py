@@ -33,10 +33,10 @@ CHUNK = 1600
 
 @pytest.fixture(scope="module")
 def cluster() -> int:
-    """A local Ray cluster on 2 CPUs; the port Serve's proxy listens on (one per cluster: both deployments use it)."""
+    """A local Ray cluster on 2 CPUs and 127.0.0.1; the port Serve's proxy listens on (one per cluster: both deployments use it)."""
     import socket
 
-    ray.init(address="local", num_cpus=2, include_dashboard=False, log_to_driver=False)
+    ray.init(address="local", num_cpus=2, include_dashboard=False, log_to_driver=False, _node_ip_address="127.0.0.1")
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]

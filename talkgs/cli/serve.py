@@ -49,17 +49,21 @@ def run(args: argparse.Namespace) -> int:
         log.info(f"serving {names} at {server.url} (embedded; Ctrl-C stops)")
         server.serve_forever()
         return 0
-    import threading
+    import time
 
     from talkgs.serve.server import serve_on_ray, stop_ray
 
-    url = serve_on_ray(args.models, cfg, args.ray or None)
-    stops = "Ctrl-C stops" + ("" if args.ray else " and shuts the local cluster down")
-    log.info(f"serving on Ray Serve at {url} ({stops})")
+    url = None
     try:
-        threading.Event().wait()
+        url = serve_on_ray(args.models, cfg, args.ray or None)
+        stops = "Ctrl-C stops" + ("" if args.ray else " and shuts the local cluster down")
+        log.info(f"serving on Ray Serve at {url} ({stops})")
+        while True:
+            time.sleep(3600)
     except KeyboardInterrupt:
         pass
     finally:
+        if url is not None:
+            log.info("stopping")
         stop_ray(shutdown_cluster=True)
     return 0

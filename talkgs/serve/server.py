@@ -20,6 +20,8 @@ from talkgs.serve.app import Service, build_app, set_service
 from talkgs.serve.config import ServeConfig
 from talkgs.serve.models import ModelCache, ModelCatalog
 
+#: Seconds ``stop_ray`` waits for Ray Serve to remove the app before it stops the cluster anyway.
+STOP_TIMEOUT_S = 15.0
 #: Largest WebSocket message uvicorn accepts (bytes): a chunk of ``ServeConfig.max_chunk_s`` at 16 kHz PCM16 is
 #: 32 kB a second; the session refuses longer chunks itself, with a reason, below this.
 WS_MAX_BYTES = 16 * 1024 * 1024
@@ -138,7 +140,7 @@ def replica_deployment(sources: list[str | Path], cfg: ServeConfig):
 
 
 def start_ray(address: str | None) -> None:
-    """Connect to the Ray cluster at ``address``, or start a local one (no dashboard) when None."""
+    """Connect to the Ray cluster at ``address``, or start a local one (no dashboard, on 127.0.0.1) when None."""
     _needs("ray")
     import ray
 
@@ -147,8 +149,8 @@ def start_ray(address: str | None) -> None:
     try:
         if address:
             ray.init(address=address, log_to_driver=False)
-        else:
-            ray.init(include_dashboard=False, log_to_driver=False)
+        else:  # its GCS and raylet on loopback: a cluster of this machine alone is not offered to the network
+            ray.init(include_dashboard=False, log_to_driver=False, _node_ip_address="127.0.0.1")
     except (ConnectionError, ValueError) as e:
         raise TalkgsError(f"cannot reach the Ray cluster at {address}: {str(e).splitlines()[0]}") from None
 
@@ -172,10 +174,18 @@ def serve_on_ray(sources: list[str | Path], cfg: ServeConfig, address: str | Non
 
 
 def stop_ray(shutdown_cluster: bool = True) -> None:
-    """Remove the app from Ray Serve and, when this process started the cluster, stop it."""
+    """Remove the app from Ray Serve and, when this process started the cluster, stop it.
+
+    Ctrl-C in a terminal reaches the whole process group, the local cluster's raylet and GCS too, and Serve's
+    shutdown would then wait for a controller that is gone: it gets ``STOP_TIMEOUT_S``.
+    """
     import ray
     from ray import serve
 
-    serve.shutdown()
+    if not ray.is_initialized():
+        return
+    stopper = threading.Thread(target=serve.shutdown, daemon=True, name="talkgs-serve-shutdown")
+    stopper.start()
+    stopper.join(STOP_TIMEOUT_S)
     if shutdown_cluster:
         ray.shutdown()
