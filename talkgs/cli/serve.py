@@ -65,5 +65,5 @@ def run(args: argparse.Namespace) -> int:
     finally:
         if url is not None:
             log.info("stopping")
-        stop_ray(shutdown_cluster=True)
+        stop_ray(local=not args.ray)
     return 0

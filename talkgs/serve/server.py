@@ -20,6 +20,8 @@ from talkgs.serve.app import Service, build_app, set_service
 from talkgs.serve.config import ServeConfig
 from talkgs.serve.models import ModelCache, ModelCatalog
 
+#: The Ray Serve application's name (``serve status`` shows it).
+APP_NAME = "talkgs"
 #: Seconds ``stop_ray`` waits for Ray Serve to remove the app before it stops the cluster anyway.
 STOP_TIMEOUT_S = 15.0
 #: Largest WebSocket message uvicorn accepts (bytes): a chunk of ``ServeConfig.max_chunk_s`` at 16 kHz PCM16 is
@@ -168,13 +170,14 @@ def serve_on_ray(sources: list[str | Path], cfg: ServeConfig, address: str | Non
     from ray import serve
 
     serve.start(http_options={"host": cfg.host, "port": cfg.port})
-    serve.run(replica_deployment(sources, cfg), name="talkgs", route_prefix="/")
+    serve.run(replica_deployment(sources, cfg), name=APP_NAME, route_prefix="/")
     host = f"[{cfg.host}]" if ":" in cfg.host else cfg.host
     return f"http://{host}:{cfg.port}"
 
 
-def stop_ray(shutdown_cluster: bool = True) -> None:
-    """Remove the app from Ray Serve and, when this process started the cluster, stop it.
+def stop_ray(local: bool = True) -> None:
+    """Take the app off Ray Serve: on a local cluster this process started, stop Serve and the cluster; on a
+    cluster given by address, delete this app alone (other apps there go on) and disconnect.
 
     Ctrl-C in a terminal reaches the whole process group, the local cluster's raylet and GCS too, and Serve's
     shutdown would then wait for a controller that is gone: it gets ``STOP_TIMEOUT_S``.
@@ -184,8 +187,8 @@ def stop_ray(shutdown_cluster: bool = True) -> None:
 
     if not ray.is_initialized():
         return
-    stopper = threading.Thread(target=serve.shutdown, daemon=True, name="talkgs-serve-shutdown")
+    stop = serve.shutdown if local else (lambda: serve.delete(APP_NAME))
+    stopper = threading.Thread(target=stop, daemon=True, name="talkgs-serve-shutdown")
     stopper.start()
     stopper.join(STOP_TIMEOUT_S)
-    if shutdown_cluster:
-        ray.shutdown()
+    ray.shutdown()  # a local cluster stops with its driver; a remote one is only disconnected from
