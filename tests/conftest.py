@@ -55,6 +55,25 @@ def clip_dir(tmp_path_factory) -> Path:
 
 
 @pytest.fixture(scope="session")
+def speech(clip_dir) -> Path:
+    """3.3 s of the demo's speech as 44.1 kHz stereo MP3 (not the subject's 16 kHz mono WAV): what a user gives."""
+    path = clip_dir / "speech.mp3"
+    if not path.exists():
+        ffmpeg("-ss", "5", "-t", "3.3", "-i", str(DEMO), "-vn", "-ac", "2", "-ar", "44100", str(path))
+    return path
+
+
+@pytest.fixture(scope="session")
+def pcm(speech) -> bytes:
+    """``speech`` as a live client sends it: 16-bit little-endian mono PCM at 16 kHz."""
+    import numpy as np
+
+    from talkgs.utils import media
+
+    return (np.clip(media.read_audio(speech, 16000), -1, 1) * 32767).astype("<i2").tobytes()
+
+
+@pytest.fixture(scope="session")
 def demo_subject(tmp_path_factory) -> tuple[Path, dict]:
     """The demo clip prepared once with the tiny preset (128 px) and a preview."""
     from talkgs.prepare.pipeline import prepare

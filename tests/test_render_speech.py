@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-from conftest import DEMO, ffmpeg, mean_abs_diffs, shared_file, stream_in_chunks
+from conftest import mean_abs_diffs, shared_file, stream_in_chunks
 
 from talkgs.cli.main import main
 from talkgs.data import schema
@@ -17,15 +17,6 @@ from talkgs.render.driver import (
     ping_pong,
 )
 from talkgs.utils import media
-
-
-@pytest.fixture(scope="module")
-def speech(clip_dir):
-    """3.3 s of the demo's speech as 44.1 kHz stereo MP3 (not the subject's 16 kHz mono WAV)."""
-    path = clip_dir / "speech.mp3"
-    if not path.exists():
-        ffmpeg("-ss", "5", "-t", "3.3", "-i", str(DEMO), "-vn", "-ac", "2", "-ar", "44100", str(path))
-    return path
 
 
 def _lag(a: np.ndarray, b: np.ndarray, max_lag: int) -> int:

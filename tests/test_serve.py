@@ -8,7 +8,7 @@ import urllib.request
 
 import numpy as np
 import pytest
-from conftest import DEMO, ffmpeg, stream_in_chunks
+from conftest import DEMO, stream_in_chunks
 
 pytest.importorskip("fastapi", reason="talkgs serve needs the serve extra (pip install 'talkgs[serve]')")
 from websockets.exceptions import ConnectionClosed, InvalidStatus  # noqa: E402
@@ -24,21 +24,6 @@ from talkgs.serve.session import FRAME_HEADER, decode_frame, pcm16_to_float  # n
 from talkgs.utils import media  # noqa: E402
 
 CHUNK = 1600  # 0.1 s of 16 kHz speech per message
-
-
-@pytest.fixture(scope="module")
-def speech(clip_dir):
-    """3.3 s of the demo's speech as 44.1 kHz stereo MP3 (what a client would upload)."""
-    path = clip_dir / "serve_speech.mp3"
-    if not path.exists():
-        ffmpeg("-ss", "5", "-t", "3.3", "-i", str(DEMO), "-vn", "-ac", "2", "-ar", "44100", str(path))
-    return path
-
-
-@pytest.fixture(scope="module")
-def pcm(speech) -> bytes:
-    samples = media.read_audio(speech, 16000)
-    return (np.clip(samples, -1, 1) * 32767).astype("<i2").tobytes()
 
 
 @pytest.fixture(scope="module")

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from conftest import DEMO, ffmpeg, stream_in_chunks
+from conftest import stream_in_chunks
 
 ray = pytest.importorskip("ray", reason="the Ray tests need the serve extra (pip install 'talkgs[serve]')")
 from websockets.exceptions import ConnectionClosed  # noqa: E402
@@ -33,7 +33,8 @@ CHUNK = 1600
 
 @pytest.fixture(scope="module")
 def cluster() -> int:
-    """A local Ray cluster on 2 CPUs and 127.0.0.1; the port Serve's proxy listens on (one per cluster: both deployments use it)."""
+    """A local Ray cluster on 2 CPUs and 127.0.0.1; the port Serve's proxy listens on (one per cluster: every
+    deployment of the module uses it)."""
     import socket
 
     ray.init(address="local", num_cpus=2, include_dashboard=False, log_to_driver=False, _node_ip_address="127.0.0.1")
@@ -42,19 +43,6 @@ def cluster() -> int:
         port = s.getsockname()[1]
     yield port
     stop_ray()
-
-
-@pytest.fixture(scope="module")
-def speech(clip_dir):
-    path = clip_dir / "ray_speech.mp3"
-    if not path.exists():
-        ffmpeg("-ss", "5", "-t", "3.3", "-i", str(DEMO), "-vn", "-ac", "2", "-ar", "44100", str(path))
-    return path
-
-
-@pytest.fixture(scope="module")
-def pcm(speech) -> bytes:
-    return (np.clip(media.read_audio(speech, 16000), -1, 1) * 32767).astype("<i2").tobytes()
 
 
 def session(url: str, model: str, pcm: bytes) -> tuple[dict, list, dict]:
