@@ -15,6 +15,7 @@ its reason, the others go on; an existing ``out`` is skipped unless ``force``.
 from __future__ import annotations
 
 import csv
+import functools
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -105,6 +106,15 @@ def read_manifest(path: str | Path) -> list[Job]:
     return jobs
 
 
+@functools.lru_cache(maxsize=2)
+def _model(path: str, mtime: float):
+    """The fitted model at ``path`` (as of ``mtime``), loaded once per process: a manifest names few models for many
+    jobs, and Ray runs a worker's tasks one after another in one process."""
+    from talkgs.model.fitted import load_model
+
+    return load_model(path)
+
+
 def run_job(job: Job, force: bool = False) -> Outcome:
     """One job, in this process: done, skipped or failed with the reason (bad input never raises)."""
     from talkgs.render.driver import DriveConfig, render_speech
@@ -114,9 +124,12 @@ def run_job(job: Job, force: bool = False) -> Outcome:
     try:
         if not job.out.parent.is_dir():
             job.out.parent.mkdir(parents=True)
-        render_speech(job.model, job.speech, job.out, DriveConfig(**job.options), force=True, progress=False)
+        model = _model(str(job.model), job.model.stat().st_mtime)
+        render_speech(model, job.speech, job.out, DriveConfig(**job.options), force=True, progress=False)
     except TalkgsError as e:
         return Outcome(job, "failed", str(e))
+    except OSError as e:  # a file that went away or a full disk: this job fails, the others go on
+        return Outcome(job, "failed", f"{e.strerror or type(e).__name__}: {e.filename or ''}".rstrip(": "))
     return Outcome(job, "done")
 
 

@@ -21,12 +21,14 @@ from talkgs.serve.config import FRAME_FORMATS, ServeConfig
 FRAME_HEADER = struct.Struct("<Id")
 #: Speech a session takes: 16-bit little-endian mono PCM at this rate.
 SAMPLE_RATE = 16000
-#: Drive options a client may set, with their types; paths (pose files, background images) are not among them:
-#: a remote client names nothing on the server's disk.
+
+
 class TooLarge(TalkgsError):
     """Speech past a limit of the server: a chunk, a session or an upload."""
 
 
+#: Drive options a client may set, with their types; paths (pose files, background images) are not among them:
+#: a remote client names nothing on the server's disk.
 SESSION_OPTIONS = {"size": int, "pose": str, "static_frame": int, "yaw": float, "pitch": float, "blink": str,
                    "background": str, "seed": int}
 
