@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import time
 import urllib.error
 import urllib.request
 
@@ -143,7 +144,12 @@ def test_bad_input_gets_one_clear_answer(fitted, speech, tmp_path):
         status, body = http(srv, f"/render?model={name}", speech.read_bytes())  # 50 kB > 10 kB
         assert status == 413 and "MB" in json.loads(body)["error"]
         assert http(srv, f"/render?model={name}&pose=/tmp/poses.npy", b"x")[0] == 400
-        assert list(tmp_path.iterdir()) == [silent]
+        short = tmp_path / "short.wav"  # 0.3 s: within the 10-kB limit
+        media.write_wav(short, media.read_audio(speech, 16000)[:4800], 16000)
+        status, body = http(srv, f"/render?model={name}", short.read_bytes())
+        assert status == 200 and body[4:8] == b"ftyp"
+        time.sleep(0.5)  # the job's folder goes once the answer is sent
+        assert sorted(tmp_path.iterdir()) == sorted([silent, short])
         assert json.loads(http(srv, "/metrics")[1])["jobs_failed"] == 5
     finally:
         srv.stop()
@@ -153,7 +159,6 @@ def test_bad_input_gets_one_clear_answer(fitted, speech, tmp_path):
 def test_a_client_that_does_not_read_is_bounded(fitted, policy):
     """A client that stops reading: past the queue, the oldest frames are dropped (counted) or the session closes."""
     import threading
-    import time
 
     cfg = ServeConfig(port=0, send_queue_frames=4, slow_client=policy, slow_client_wait_s=0.5, late_frames="keep")
     srv = EmbeddedServer([fitted[0]], cfg).start()
