@@ -627,12 +627,14 @@ def _guarded(frames, guard):
 
 def render_speech(source: str | Path | FittedModel, audio_path: str | Path, out: str | Path,
                   cfg: DriveConfig | None = None, device: str | None = None, force: bool = False,
-                  drive_video: bool = False, progress: bool = True, guard=None) -> dict:
+                  drive_video: bool = False, progress: bool = True, guard=None,
+                  max_audio_s: float | None = None) -> dict:
     """Render ``source`` (a fitted subject folder, model file or loaded model) speaking ``audio_path`` to ``out``
     (H.264 + AAC); returns a summary. ``drive_video``: ``audio_path`` is another person's talking video, whose
     tracked mouth drives the head (``TalkingRenderer.codes_from_video``) and whose soundtrack is muxed.
     ``progress``: a progress bar on stderr (a server has none). ``guard``: a context manager held while each batch
-    of frames renders (a server's render turns, so that its live sessions go on during a job).
+    of frames renders (a server's render turns, so that its live sessions go on during a job). ``max_audio_s``:
+    longer speech is refused (one line) before anything renders.
 
     The frame count is the audio's duration at the subject's fps (rounded to whole frames), and frame
     i shows the mouth for the audio of [i / fps, (i + 1) / fps), so the muxed audio is in sync from the
@@ -645,6 +647,9 @@ def render_speech(source: str | Path | FittedModel, audio_path: str | Path, out:
     out = Path(out)
     check_output_file(out, force)
     samples = read_speech(audio_path)
+    if max_audio_s is not None and len(samples) > max_audio_s * AudioStream.SAMPLE_RATE:
+        raise TalkgsError(f"the speech is {len(samples) / AudioStream.SAMPLE_RATE:.0f} s long; at most "
+                          f"{max_audio_s:g} s is rendered here")
     renderer = TalkingRenderer(source, cfg, device)
     n = renderer.num_frames(samples)
     features = renderer.codes_from_video(audio_path, n) if drive_video else renderer.encode(samples, n)

@@ -25,6 +25,7 @@ Routes (every one needs ``Authorization: Bearer TOKEN`` when the server has a to
 # and they are imported inside ``build_app`` so that importing talkgs needs no FastAPI.
 import asyncio
 import hmac
+import json
 import os
 import shutil
 import tempfile
@@ -354,8 +355,6 @@ async def _converse(ws, svc: Service, live: LiveSession) -> None:
 
 
 def _is_end(text: str | None) -> bool:
-    import json
-
     try:
         return text is not None and json.loads(text).get("type") == "end"
     except (ValueError, AttributeError):
@@ -393,11 +392,8 @@ async def _receive_upload(request, path: Path, limit_mb: float) -> Path:
 
 
 def _render_job(model, speech: Path, out: Path, options: SessionOptions, svc: Service) -> None:
-    from talkgs.render.driver import read_speech, render_speech
+    from talkgs.render.driver import render_speech
 
-    samples = read_speech(speech)
-    if len(samples) > svc.cfg.max_audio_s * 16000:
-        raise TalkgsError(f"the speech is {len(samples) / 16000:.0f} s long; this server renders at most "
-                          f"{svc.cfg.max_audio_s:g} s")
     # A slot per batch of frames, not for the whole job: live sessions take their turns between the batches.
-    render_speech(model, speech, out, options.drive_config(), svc.device, progress=False, guard=svc.slots)
+    render_speech(model, speech, out, options.drive_config(), svc.device, progress=False, guard=svc.slots,
+                  max_audio_s=svc.cfg.max_audio_s)

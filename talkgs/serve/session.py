@@ -86,10 +86,14 @@ class SessionOptions:
         return DriveConfig(**self.drive)
 
 
-def pcm16_to_float(data: bytes) -> np.ndarray:
-    """Float32 samples in [-1, 1) of 16-bit little-endian PCM bytes."""
+def _check_pcm16(data: bytes) -> None:
     if len(data) % 2:
         raise TalkgsError(f"a speech chunk must be 16-bit PCM: {len(data)} bytes is an odd count")
+
+
+def pcm16_to_float(data: bytes) -> np.ndarray:
+    """Float32 samples in [-1, 1) of 16-bit little-endian PCM bytes."""
+    _check_pcm16(data)
     return np.frombuffer(data, "<i2").astype(np.float32) / 32768.0
 
 
@@ -136,8 +140,7 @@ class LiveSession:
 
     def check_chunk(self, pcm: bytes) -> None:
         """One client message of speech: 16-bit samples, at most ``max_chunk_s`` of them."""
-        if len(pcm) % 2:
-            raise TalkgsError(f"a speech chunk must be 16-bit PCM: {len(pcm)} bytes is an odd count")
+        _check_pcm16(pcm)
         if len(pcm) // 2 > self.cfg.max_chunk_s * SAMPLE_RATE:
             raise TooLarge(f"a chunk of {len(pcm) / 2 / SAMPLE_RATE:.1f} s is longer than the "
                            f"{self.cfg.max_chunk_s:g} s this server takes at once")
